@@ -66,3 +66,7 @@ class ServeError(ZonesliceError):
 
 class ToolMissing(ZonesliceError):
     """An external program zoneslice drives is not installed."""
+
+
+class CaptureFormatError(TraceError):
+    """The file is not a pcap or pcapng capture."""

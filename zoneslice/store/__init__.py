@@ -1,0 +1,1 @@
+"""Slice databases: SQLite files holding one slice of a zone each."""
