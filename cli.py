@@ -1,12 +1,532 @@
-"""The `zoneslice` command: parses arguments and calls one library function per command."""
+"""The `zoneslice` command: parses arguments, builds the consoles, calls one library
+function per command and maps each ZonesliceError subclass to an exit status.
+
+This is the only module that imports rich.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from zoneslice import errors
 
 
-def main(argv: list[str] | None = None) -> int:
+class ExitStatus(IntEnum):
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    BAD_INPUT = 3
+    SLICE = 4
+    STORE = 5
+    TRACE = 6
+    LAYOUT = 7
+    DEPLOY = 8
+    XDP = 9
+    TOOL_MISSING = 10
+    SERVE = 11
+    INTERRUPTED = 130
+
+
+_STATUS_OF: list[tuple[type[errors.ZonesliceError], ExitStatus]] = [
+    (errors.ZoneFileError, ExitStatus.BAD_INPUT),
+    (errors.ManifestError, ExitStatus.SLICE),
+    (errors.SliceError, ExitStatus.SLICE),
+    (errors.StoreError, ExitStatus.STORE),
+    (errors.TraceError, ExitStatus.TRACE),
+    (errors.LayoutError, ExitStatus.LAYOUT),
+    (errors.DeployError, ExitStatus.DEPLOY),
+    (errors.XdpError, ExitStatus.XDP),
+    (errors.ToolMissing, ExitStatus.TOOL_MISSING),
+    (errors.ServeError, ExitStatus.SERVE),
+]
+
+
+@dataclass
+class Environment:
+    """Consoles: results on stdout, progress and errors on stderr (as rich recommends)."""
+
+    console: Console = field(default_factory=Console)
+    err_console: Console = field(default_factory=lambda: Console(stderr=True))
+
+
+def _status_for(exc: errors.ZonesliceError) -> ExitStatus:
+    for cls, status in _STATUS_OF:
+        if isinstance(exc, cls):
+            return status
+    return ExitStatus.ERROR
+
+
+# ---- split / slices ------------------------------------------------------------------------------
+
+
+def _cmd_split(args: argparse.Namespace, env: Environment) -> int:
+    from zoneslice.split import split_zone
+
+    show = env.err_console.is_terminal and not args.json
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]split[/bold] {task.fields[records]:>12,} records"),
+        TextColumn("{task.fields[rate]:>10,.0f} rec/s"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        console=env.err_console,
+        transient=True,
+        disable=not show,
+    )
+    with progress:
+        task = progress.add_task("split", total=None, records=0, rate=0.0)
+
+        def on_progress(records: int, done: int, total: int) -> None:
+            elapsed = progress.tasks[task].elapsed or 1e-9
+            progress.update(task, completed=done, total=total, records=records, rate=records / elapsed)
+
+        result = split_zone(
+            args.zonefile, args.parts, args.out, by=args.by, origin=args.origin, progress=on_progress
+        )
+    m = result.manifest
+    if args.json:
+        out = m.to_json()
+        out["run"] = {
+            "directory": str(result.directory),
+            "seconds": round(result.seconds, 3),
+            "records_per_second": round(result.records_per_second),
+            "peak_rss_mib": round(result.peak_rss_mib, 1),
+        }
+        env.console.print_json(json.dumps(out))
+        return ExitStatus.OK
+    _print_slices(env, m, title=f"{m.origin} serial {m.serial} → {result.directory}")
+    env.console.print(
+        f"{m.records_in:,} records in {result.seconds:.2f} s "
+        f"({result.records_per_second:,.0f} rec/s), peak RSS {result.peak_rss_mib:,.0f} MiB"
+    )
+    return ExitStatus.OK
+
+
+def _print_slices(env: Environment, m, title: str) -> None:
+    t = Table(title=title)
+    for col in ("slice", "range", "first … last", "names", "owned", "copies", "file", "MiB", "sha256"):
+        t.add_column(col, justify="right" if col in ("slice", "names", "owned", "MiB") else "left")
+    for s in m.slices:
+        copies = ", ".join(f"{k} {v:,}" for k, v in s.records_copied.items()) or "-"
+        t.add_row(
+            str(s.index), s.display, f"{s.first or '-'} … {s.last or '-'}", f"{s.names:,}",
+            f"{s.records_owned:,}", copies, s.file, f"{s.bytes / 2**20:,.1f}", s.sha256[:12],
+        )
+    env.console.print(t)
+
+
+def _cmd_slices(args: argparse.Namespace, env: Environment) -> int:
+    from zoneslice.manifest import load_manifest
+
+    m = load_manifest(args.manifest)
+    if args.name:
+        idx = m.plan.slice_for(args.name)
+        if args.json:
+            env.console.print_json(json.dumps({"name": args.name, "slice": idx}))
+        else:
+            env.console.print(f"{args.name}: " + (f"slice {idx}" if idx is not None else "outside the zone"))
+        return ExitStatus.OK if idx is not None else ExitStatus.ERROR
+    if args.json:
+        env.console.print_json(json.dumps(m.to_json()))
+    else:
+        _print_slices(env, m, title=f"{m.origin} serial {m.serial}, {m.parts} slices by {m.by}")
+    return ExitStatus.OK
+
+
+def _cmd_gen_zone(args: argparse.Namespace, env: Environment) -> int:
+    from datasets.gen_zone import generate_zone
+
+    stats = generate_zone(args.out, args.delegations, seed=args.seed, origin=args.origin, style=args.style)
+    if args.sign:
+        from datasets.sign import sign_zone
+
+        unsigned = Path(args.out)
+        signed = unsigned.with_name(unsigned.name + ".signed")
+        sign_zone(unsigned, signed, args.origin, mode=args.sign)
+        signed.replace(unsigned)
+    env.console.print_json(json.dumps(asdict(stats)))
+    return ExitStatus.OK
+
+
+def _add_split_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("split", help="cut a master file into N alphabetic slices (SQLite) + manifest")
+    p.add_argument("zonefile", help="RFC 1035 master file, plain or gzip-compressed")
+    p.add_argument("--parts", type=int, default=3)
+    p.add_argument("--out", help="output directory (default: ZONE.slices beside the file)")
+    p.add_argument("--by", choices=["records", "letter"], default="records",
+                   help="balance by record count (default) or cut only between first letters")
+    p.add_argument("--origin", help="zone origin (default: the owner of the SOA)")
+    p.add_argument("--json", action="store_true", help="print the manifest and run figures as JSON")
+    p.set_defaults(func=_cmd_split)
+
+    p = sub.add_parser("slices", help="show the slices of a manifest, or which slice owns a name")
+    p.add_argument("manifest", help="manifest.json or the slice directory")
+    p.add_argument("--name", help="print the slice that owns this name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_slices)
+
+    p = sub.add_parser("gen-zone", help="write a deterministic .com-like zone")
+    p.add_argument("out", help="output file (.gz compresses)")
+    p.add_argument("--delegations", "-n", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--origin", default="com.")
+    p.add_argument("--style", choices=["czds", "rfc1035"], default="czds")
+    p.add_argument("--sign", choices=["nsec", "nsec3"])
+    p.set_defaults(func=_cmd_gen_zone)
+
+
+# ---- trace commands: characterize, partition, replay ---------------------------------------------
+
+
+def _trace_plan(args: argparse.Namespace):
+    from zoneslice.trace.partition import load_plan
+
+    return load_plan(args.manifest) if getattr(args, "manifest", None) else None
+
+
+def _cmd_characterize(args: argparse.Namespace, env) -> int:
+    from zoneslice.trace.characterize import characterize
+
+    with env.err_console.status("reading capture…") as status:
+        report = characterize(
+            args.trace,
+            plan=_trace_plan(args),
+            progress=lambda n: status.update(f"reading capture… {n:,} messages"),
+        )
+    if args.plot:
+        from zoneslice.trace.plot import rate_plot
+
+        rate_plot(report.rate, args.plot, start=report.rate_start, title=f"Query rate: {args.trace}")
+    if args.json:
+        env.console.print_json(json.dumps(report.to_dict(series=args.series)))
+        return 0
+    summary = Table(title=f"Trace characterisation: {args.trace}", show_header=False)
+    failed = f"{report.failed:,} ({report.failed_pct:.2f} %)" if report.failed_pct is not None else "n/a (no responses)"
+    for k, v in [
+        ("Start", report.start or "-"),
+        ("Duration", f"{report.duration_s:,.1f} s"),
+        ("Requests", f"{report.queries:,}"),
+        ("Failed (rcode ≠ NOERROR)", failed),
+        ("Average rate", f"{report.avg_rate:,.1f} q/s"),
+        ("95th percentile burst", f"{report.burst_p95:,} q/s"),
+        ("Maximum burst", f"{report.burst_max:,} q/s"),
+        ("Recursion desired", f"{report.rd:,} ({report.rd_pct:.2f} %)"),
+        ("Over TCP", f"{report.tcp:,} ({report.tcp_pct:.2f} %)"),
+        ("EDNS / DO", f"{report.edns_pct:.2f} % / {report.do_pct:.2f} %"),
+        ("Malformed", f"{report.malformed:,}"),
+    ]:
+        summary.add_row(k, v)
+    env.console.print(summary)
+    types = Table(title="Query types")
+    for col in ("type", "class", "count", "share %", "failure rate %"):
+        types.add_column(col, justify="left" if col in ("type", "class") else "right")
+    for row in report.qtypes:
+        rate = f"{row.failure_rate:.2f}" if row.failure_rate is not None else "-"
+        types.add_row(row.qtype, row.qclass, f"{row.count:,}", f"{row.share:.2f}", rate)
+    env.console.print(types)
+    codes = Table(title="Response codes and opcodes")
+    codes.add_column("rcode")
+    codes.add_column("responses", justify="right")
+    codes.add_column("opcode")
+    codes.add_column("queries", justify="right")
+    rc, op = list(report.rcodes.items()), list(report.opcodes.items())
+    for i in range(max(len(rc), len(op))):
+        a = rc[i] if i < len(rc) else ("", "")
+        b = op[i] if i < len(op) else ("", "")
+        codes.add_row(a[0], f"{a[1]:,}" if a[1] != "" else "", b[0], f"{b[1]:,}" if b[1] != "" else "")
+    env.console.print(codes)
+    if report.slices is not None:
+        sl = Table(title="Queries per slice")
+        sl.add_column("slice", justify="right")
+        sl.add_column("queries", justify="right")
+        for i, n in report.slices.items():
+            sl.add_row(str(i), f"{n:,}")
+        sl.add_row("outside", f"{report.outside_zone:,}")
+        env.console.print(sl)
     return 0
+
+
+def _cmd_partition(args: argparse.Namespace, env) -> int:
+    from zoneslice.trace.partition import partition
+
+    with env.err_console.status("partitioning…") as status:
+        result = partition(args.trace, _trace_plan(args), args.out,
+                           progress=lambda n: status.update(f"partitioning… {n:,} queries"))
+    if args.json:
+        env.console.print_json(json.dumps(result.to_dict()))
+        return 0
+    t = Table(title=f"Per-slice query files in {args.out}")
+    t.add_column("slice", justify="right")
+    t.add_column("queries", justify="right")
+    t.add_column("file")
+    for i, path in result.files.items():
+        t.add_row(str(i), f"{result.counts[i]:,}", path)
+    env.console.print(t)
+    for k, v in result.skipped.items():
+        env.err_console.print(f"skipped {v:,}: {k}")
+    return 0
+
+
+def _parse_servers(text: str, parts: int) -> dict[int, tuple[str, int]]:
+    """"0=127.0.0.1:5300,1=[::1]:5301" or "*=ADDR:PORT" -> {slice: (addr, port)}."""
+    out: dict[int, tuple[str, int]] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, _, hostport = item.partition("=")
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise argparse.ArgumentTypeError(f"bad server {item!r}: use SLICE=ADDR:PORT")
+        addr = (host.strip("[]"), int(port))
+        for i in (range(parts) if key == "*" else [int(key)]):
+            out[i] = addr
+    return out
+
+
+def _replay_table(report, title: str) -> Table:
+    t = Table(title=title)
+    for col in ("slice", "server", "sent", "answered", "lost", "qps", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
+                "rcodes"):
+        t.add_column(col, justify="left" if col in ("server", "rcodes") else "right")
+
+    def ms(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    rows = [(str(s.slice), s.server, s) for s in report.slices] + [("all", "", report)]
+    for name, server, s in rows:
+        lat = s.latency_ms
+        t.add_row(name, server, f"{s.sent:,}", f"{s.answered:,}", f"{s.lost:,}", f"{s.qps:,.0f}",
+                  ms(lat.get("p50")), ms(lat.get("p90")), ms(lat.get("p99")), ms(lat.get("p99.9")),
+                  ", ".join(f"{k} {v:,}" for k, v in s.rcodes.items()))
+    return t
+
+
+def _cmd_replay(args: argparse.Namespace, env) -> int:
+    from zoneslice.trace import replay as rp
+
+    plan = _trace_plan(args)
+    servers = _parse_servers(args.servers, plan.parts)
+    mode = "timed" if args.timed else "closed-loop"
+    common = dict(mode=mode, outstanding=args.outstanding, speed=args.speed, timeout=args.timeout, limit=args.limit)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=env.err_console, transient=True) as bar:
+        task = bar.add_task("replaying…")
+
+        def progress(p) -> None:
+            bar.update(task, description=f"sent {p.sent:,}  answered {p.answered:,}  lost {p.lost:,}")
+
+        if args.engine == "dnsperf":
+            report = rp.replay_dnsperf(args.trace, plan, servers, args.workdir or f"{args.trace}.queries",
+                                       outstanding=args.outstanding, timeout=args.timeout)
+            cmp = None
+        elif args.compare:
+            ref = _parse_servers(f"0={args.compare}", 1)[0]
+            cmp = rp.replay_compare(args.trace, plan, servers, ref, progress=progress, **common)
+            report = cmp.a
+        else:
+            report = rp.replay(args.trace, plan, servers, progress=progress, **common)
+            cmp = None
+    if args.plot:
+        rp.write_plots(cmp or report, args.plot)
+    if args.json:
+        env.console.print_json(json.dumps(cmp.to_dict() if cmp else report.to_dict(series=args.series)))
+    else:
+        env.console.print(_replay_table(report, f"Replay of {args.trace} ({report.engine}, {mode})"))
+        if report.timing_error_us:
+            te = report.timing_error_us
+            env.console.print(f"send-time error: p50 {te['p50']} µs, p99 {te['p99']} µs, max {te['max']} µs")
+        if cmp is not None:
+            env.console.print(_replay_table(cmp.b, f"Same replay against the reference {args.compare}"))
+            env.console.print(f"answers compared {cmp.compared:,}: identical {cmp.identical:,}, "
+                              f"different {cmp.different:,}")
+            if cmp.examples:
+                d = Table(title="Answers that differ (first ones)")
+                for col in ("#", "query", "slices", "reference", "differs in"):
+                    d.add_column(col)
+                for e in cmp.examples:
+                    d.add_row(str(e.seq), f"{e.qname} {e.qtype}", e.a, e.b, ", ".join(e.differs_in))
+                env.console.print(d)
+        for k, v in report.skipped.items():
+            env.err_console.print(f"skipped {v:,}: {k}")
+    if report.interrupted:
+        env.err_console.print("[yellow]interrupted: partial report[/yellow]")
+        return 130
+    return 1 if cmp is not None and cmp.different else 0
+
+
+def _add_trace_parsers(sub) -> None:
+    p = sub.add_parser("characterize", help="ISC-style characterisation of a capture")
+    p.add_argument("trace", help="pcap/pcapng, optionally gzip/xz/zstd-compressed")
+    p.add_argument("--manifest", help="also count queries per slice of this manifest")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--series", action="store_true", help="include the per-second rate series in --json")
+    p.add_argument("--plot", metavar="PNG", help="write the query rate over time")
+    p.set_defaults(func=_cmd_characterize)
+
+    p = sub.add_parser("partition", help="write per-slice dnsperf query files")
+    p.add_argument("trace")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, help="directory for slice-<i>.queries")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_partition)
+
+    p = sub.add_parser("replay", help="replay a capture against the slice servers")
+    p.add_argument("trace")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--servers", required=True, help="SLICE=ADDR:PORT,... ('*=ADDR:PORT' for all slices)")
+    m = p.add_mutually_exclusive_group()
+    m.add_argument("--timed", action="store_true", help="keep the capture's timing (scaled by --speed)")
+    m.add_argument("--closed-loop", action="store_true", help="fixed queries in flight per slice (default)")
+    p.add_argument("--outstanding", type=int, default=20)
+    p.add_argument("--speed", type=float, default=1.0)
+    p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("--limit", type=int, help="replay only the first N queries")
+    p.add_argument("--engine", choices=["python", "dnsperf"], default="python")
+    p.add_argument("--workdir", help="where --engine dnsperf writes its query files")
+    p.add_argument("--compare", metavar="ADDR:PORT", help="also replay against this reference server")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--series", action="store_true")
+    p.add_argument("--plot", metavar="PREFIX", help="write PREFIX-latency.png and PREFIX-<run>-rate.png")
+    p.set_defaults(func=_cmd_replay)
+
+
+# ---- serve / stats / demo ------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace, env: Environment) -> int:
+    import logging
+
+    from zoneslice.engine.server import parse_listen, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.manifest is not None:
+        if args.slice is None:
+            raise argparse.ArgumentTypeError("--manifest needs --slice")
+        source = (args.manifest, args.slice)
+    elif args.slice_db:
+        source = args.slice_db
+    else:
+        raise argparse.ArgumentTypeError("give SLICE_DB or --manifest M --slice I")
+    serve(
+        source,
+        [parse_listen(x) for x in args.listen] or None,
+        args.workers,
+        stats_path=args.stats,
+        axfr_allow=args.axfr_allow,
+    )
+    return ExitStatus.OK
+
+
+def _cmd_stats(args: argparse.Namespace, env: Environment) -> int:
+    from zoneslice.engine.stats import read_stats
+
+    stats = read_stats(args.stats)
+    env.console.print_json(json.dumps(stats))
+    return ExitStatus.OK
+
+
+def _cmd_demo(args: argparse.Namespace, env: Environment) -> int:
+    from zoneslice.demo import run_demo
+
+    def stage(msg: str) -> None:
+        env.err_console.print(f"[bold cyan]demo:[/bold cyan] {msg}")
+
+    report = run_demo(
+        args.dir, delegations=args.delegations, parts=args.parts, queries=args.queries,
+        seed=args.seed, workers=args.workers, stage=stage,
+    )
+    m = report.manifest
+    _print_slices(env, m, title=f"{m.origin} serial {m.serial}: {m.records_in:,} records in {m.parts} slices")
+    env.console.print(
+        f"split: {report.split['records_per_second']:,} records/s, "
+        f"peak RSS {report.split['peak_rss_mib']:,.0f} MiB"
+    )
+    c = report.characterization
+    env.console.print(
+        f"trace: {c.queries:,} queries over {c.duration_s:,.0f} s, average {c.avg_rate:,.1f} q/s, "
+        f"95th-percentile burst {c.burst_p95:,} q/s, max burst {c.burst_max:,} q/s, "
+        f"RD {c.rd_pct:.1f} %, TCP {c.tcp_pct:.1f} %"
+    )
+    servers = ", ".join(f"{i}={a}:{p}" for i, (a, p) in sorted(report.servers.items()))
+    env.console.print(_replay_table(report.replay, f"Replay through the slice servers ({servers})"))
+    env.console.print(f"everything is in {report.directory}")
+    return ExitStatus.OK if report.replay.lost == 0 else ExitStatus.ERROR
+
+
+def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve one slice (UDP+TCP, IPv4+IPv6, SO_REUSEPORT workers)")
+    p.add_argument("slice_db", nargs="?", help="slice database (or use --manifest and --slice)")
+    p.add_argument("--manifest", help="manifest.json or slice directory")
+    p.add_argument("--slice", type=int, help="slice index in the manifest")
+    p.add_argument("--listen", action="append", default=[], metavar="ADDR:PORT",
+                   help="address to serve on (repeatable; default 0.0.0.0:53 and [::]:53)")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per CPU)")
+    p.add_argument("--stats", help="directory for live counters (read with `zoneslice stats`)")
+    p.add_argument("--axfr-allow", action="append", default=[], metavar="ADDR[/LEN]",
+                   help="client allowed to AXFR (repeatable; default none)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("stats", help="counters of a running `zoneslice serve --stats DIR`")
+    p.add_argument("stats", help="the --stats directory")
+    p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser("demo", help="generate a zone, split, serve, replay a trace, report")
+    p.add_argument("--dir", default="out/demo")
+    p.add_argument("--delegations", type=int, default=20000)
+    p.add_argument("--parts", type=int, default=3)
+    p.add_argument("--queries", type=int, default=50000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="worker processes per slice server")
+    p.set_defaults(func=_cmd_demo)
+
+
+# ---- parser and entry point ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zoneslice", description="Authoritative DNS testbed for zones too large for one server."
+    )
+    parser.add_argument("--version", action="version", version="zoneslice 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in _PARSER_GROUPS:
+        add(sub)
+    return parser
+
+
+_PARSER_GROUPS: list = [_add_split_parsers, _add_serve_parsers, _add_trace_parsers]
+
+
+def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
+    env = env or Environment()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args, env))
+    except KeyboardInterrupt:
+        env.err_console.print("[yellow]interrupted[/yellow]")
+        return ExitStatus.INTERRUPTED
+    except errors.ZonesliceError as exc:
+        env.err_console.print(f"[bold red]zoneslice {args.command}:[/bold red] {exc}", highlight=False)
+        return _status_for(exc)
+    except argparse.ArgumentTypeError as exc:
+        env.err_console.print(f"[bold red]zoneslice {args.command}:[/bold red] {exc}", highlight=False)
+        return ExitStatus.USAGE
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ class ZoneFileError(ZonesliceError):
         where = f"{filename}:{line}" if line is not None else filename
         super().__init__(f"{where}: {reason}")
 
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.filename, self.line, self.reason))
+
 
 class SliceError(ZonesliceError):
     """The slice plan or a slice database is not usable."""
@@ -58,6 +61,10 @@ class LayoutError(ZonesliceError):
 
 class DeployError(ZonesliceError):
     """Provisioning failed."""
+
+
+class TestbedError(DeployError):
+    """The local testbed could not be built, inspected or removed."""
 
 
 class ServeError(ZonesliceError):

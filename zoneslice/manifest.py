@@ -32,6 +32,8 @@ class SliceInfo:
     records_total: int
     bytes: int
     sha256: str
+    records_apex: int = 0
+    ttl_normalised: int = 0
 
 
 @dataclass

@@ -14,12 +14,14 @@ no half-written slice and no manifest behind.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing as mp
 import os
 import resource
 import shutil
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from zoneslice.slicing import SlicePlan, label_text
 from zoneslice.store import models
 from zoneslice.store.db import open_engine
 from zoneslice.store.keys import first_label_bounds, key_labels, label_prefix
-from zoneslice.zonefile import ZoneReader, key_to_text
+from zoneslice.zonefile import ZoneReader, chunk_bounds, key_to_text
 
 ProgressFn = Callable[[int, int, int], None]
 """progress(records_read, bytes_read, bytes_total)"""
@@ -76,11 +78,16 @@ def _staging(path: Path) -> sqlite3.Connection:
         "locking_mode=EXCLUSIVE",
     ):
         conn.execute(f"PRAGMA {pragma}")
+    # Append-only while loading; the key index is built in one sort afterwards.
     conn.execute(
         "CREATE TABLE st (rkey BLOB, rdtype INTEGER, covers INTEGER, rdata BLOB, ttl INTEGER,"
-        " tkey BLOB, line INTEGER, PRIMARY KEY (rkey, rdtype, covers, rdata)) WITHOUT ROWID"
+        " tkey BLOB, line INTEGER)"
     )
     return conn
+
+
+def _index_staging(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE INDEX st_key ON st (rkey, rdtype, covers)")
 
 
 def _first_label_prefix(rkey: bytes) -> bytes:
@@ -94,6 +101,96 @@ def _first_label_prefix(rkey: bytes) -> bytes:
 
 def _unescape(prefix: bytes) -> bytes:
     return key_labels(prefix + b"\x00")[0] if prefix else b""
+
+
+_MAX_WORKERS = 2
+_PARALLEL_MIN_BYTES = 32 << 20
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _load_into(
+    reader: ZoneReader,
+    conn: sqlite3.Connection,
+    hist: dict[bytes, int],
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Stream ``reader`` into staging table ``st`` and count owned records per label prefix."""
+    insert = "INSERT INTO st VALUES (?,?,?,?,?,?,?)"
+    batch: list[tuple] = []
+    append = batch.append
+    raw_hist: dict[bytes, int] = {}
+    last = (None, None, None, None)
+    conn.execute("BEGIN")
+    for rec in reader:
+        rkey, rdtype, covers, _, ttl = rec[:5]
+        if rkey == last[0] and rdtype == last[1] and covers == last[2] and ttl != last[3]:
+            # RFC 2181 5.2: one TTL per RRset; like BIND, the first record's TTL wins.
+            rec = rec[:4] + (last[3],) + rec[5:]
+            reader.ttl_normalised += 1
+        else:
+            last = (rkey, rdtype, covers, ttl)
+        append(rec)
+        if rkey and rdtype != 50 and not (rdtype == 46 and covers == 50):
+            p = rkey[:_HIST_CHARS + 1]
+            raw_hist[p] = raw_hist.get(p, 0) + 1
+        if len(batch) >= _BATCH:
+            conn.executemany(insert, batch)
+            batch.clear()
+            if progress is not None:
+                progress(reader.records, reader.bytes_position())
+    if batch:
+        conn.executemany(insert, batch)
+    conn.execute("COMMIT")
+    for p, n in raw_hist.items():
+        q = _first_label_prefix(p + b"\x00")
+        hist[q] = hist.get(q, 0) + n
+
+
+def _parse_chunk(zonefile, origin, window, first_line, initial, staging_path, send, counter) -> None:
+    """Worker: parse one byte range of the master file into its own staging database."""
+    try:
+        reader = ZoneReader(zonefile, origin, window=window, first_line=first_line, initial=initial)
+        conn = _staging(staging_path)
+        hist: dict[bytes, int] = {}
+
+        def progress(records: int, position: int) -> None:
+            counter[0], counter[1] = records, position
+
+        _load_into(reader, conn, hist, progress)
+        counter[0], counter[1] = reader.records, window[1]
+        _index_staging(conn)
+        conn.close()
+        send.send(("ok", {
+            "records": reader.records, "hist": hist, "soa_serial": reader.soa_serial,
+            "soa_minimum": reader.soa_minimum, "dependent": reader.dependent,
+            "ttl_normalised": reader.ttl_normalised,
+            "directive_after_records": reader.directive_after_records,
+        }))
+    except BaseException as exc:  # reported to the parent, which falls back to one parser
+        try:
+            send.send(("error", exc))
+        except Exception:
+            send.send(("error", SliceError(str(exc))))
+    finally:
+        send.close()
+
+
+def _attach_staging(conn: sqlite3.Connection, staging: list[Path]) -> None:
+    """Make the staging databases visible as one view ``st``."""
+    arms = []
+    for i, path in enumerate(staging):
+        conn.execute(f"ATTACH DATABASE ? AS s{i}", (str(path),))
+        conn.execute(f"PRAGMA s{i}.mmap_size = {1 << 34}")
+        arms.append(f"SELECT * FROM s{i}.st")
+    conn.execute("CREATE TEMP VIEW st AS " + " UNION ALL ".join(arms))
+
+
+def _build_slice_job(args: tuple) -> SliceInfo:
+    return _Splitter.build_slice(*args)
 
 
 class _Splitter:
@@ -121,34 +218,103 @@ class _Splitter:
 
     # -- phase 1: stream into staging -----------------------------------------
 
-    def load(self, conn: sqlite3.Connection) -> ZoneReader:
-        reader = ZoneReader(self.zonefile, self.origin)
-        total = self.zonefile.stat().st_size
-        insert = "INSERT OR IGNORE INTO st VALUES (?,?,?,?,?,?,?)"
-        hist = self.hist
-        batch: list[tuple] = []
-        append = batch.append
-        conn.execute("BEGIN")
-        raw = None
-        for rec in reader:
-            append(rec)
-            rkey = rec[0]
-            if rkey and rec[1] != 50 and not (rec[1] == 46 and rec[2] == 50):
-                p = _first_label_prefix(rkey)
-                hist[p] = hist.get(p, 0) + 1
-            if len(batch) >= _BATCH:
-                conn.executemany(insert, batch)
-                batch.clear()
+    def load(self, tmp: Path) -> tuple[ZoneReader, list[Path]]:
+        """Parse into staging databases: one per core for large plain files, else one."""
+        workers = min(os.cpu_count() or 1, _MAX_WORKERS)
+        size = self.zonefile.stat().st_size
+        if workers > 1 and size >= _PARALLEL_MIN_BYTES and not _is_gzip(self.zonefile):
+            done = self._load_parallel(tmp, workers)
+            if done is not None:
+                return done
+            for p in tmp.glob("staging-*.db"):
+                p.unlink()
+        path = tmp / "staging-0.db"
+        conn = _staging(path)
+        try:
+            reader = ZoneReader(self.zonefile, self.origin)
+            total = size
+
+            def progress(records: int, position: int) -> None:
                 if self.progress is not None:
-                    raw = raw or _raw_position(reader)
-                    self.progress(reader.records, raw(), total)
-        if batch:
-            conn.executemany(insert, batch)
-        conn.execute("COMMIT")
+                    self.progress(records, position, total)
+
+            _load_into(reader, conn, self.hist, progress)
+            _index_staging(conn)
+        finally:
+            conn.close()
         if self.progress is not None:
             self.progress(reader.records, total, total)
-        self.owned_total = sum(hist.values())
-        return reader
+        self.owned_total = sum(self.hist.values())
+        return reader, [path]
+
+    def _load_parallel(self, tmp: Path, workers: int) -> tuple[ZoneReader, list[Path]] | None:
+        """Parse byte ranges in parallel; None when a range turned out to depend on an earlier one."""
+        head = ZoneReader(self.zonefile, self.origin)
+        for _ in head:
+            break
+        if head.zone_origin is None or head.state is None:
+            return None
+        initial = (head.state.origin, head.state.ttl)
+        chunks = chunk_bounds(self.zonefile, workers)
+        ctx = mp.get_context("fork")
+        counters = [ctx.Array("q", 2, lock=False) for _ in chunks]
+        procs = []
+        for i, (start, end, first_line) in enumerate(chunks):
+            recv, send = ctx.Pipe(duplex=False)
+            args = (
+                self.zonefile, head.zone_origin, (start, end), first_line,
+                initial if i else None, tmp / f"staging-{i}.db", send, counters[i],
+            )
+            proc = ctx.Process(target=_parse_chunk, args=args, daemon=True)
+            proc.start()
+            send.close()
+            procs.append((proc, recv))
+        total = self.zonefile.stat().st_size
+        results: list = [None] * len(procs)
+        try:
+            pending = set(range(len(procs)))
+            while pending:
+                for i in list(pending):
+                    proc, recv = procs[i]
+                    if recv.poll(0.2):
+                        results[i] = recv.recv()
+                        pending.discard(i)
+                    elif not proc.is_alive() and not recv.poll(0):
+                        results[i] = ("error", SliceError(f"parser process {i} died"))
+                        pending.discard(i)
+                if self.progress is not None:
+                    self.progress(
+                        sum(c[0] for c in counters),
+                        sum(max(0, c[1] - ch[0]) for c, ch in zip(counters, chunks, strict=True)),
+                        total,
+                    )
+        finally:
+            for proc, recv in procs:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
+                recv.close()
+        if any(r[0] != "ok" for r in results):
+            return None
+        infos = [r[1] for r in results]
+        if any(info["dependent"] for info in infos[1:]):
+            return None
+        if any(info["directive_after_records"] for info in infos[:-1]):
+            return None
+        if sum(1 for info in infos if info["soa_serial"] is not None) > 1:
+            return None
+        for info in infos:
+            for k, v in info["hist"].items():
+                self.hist[k] = self.hist.get(k, 0) + v
+        reader = head
+        reader.records = sum(info["records"] for info in infos)
+        reader.soa_serial = infos[0]["soa_serial"]
+        reader.soa_minimum = infos[0]["soa_minimum"]
+        reader.ttl_normalised = sum(info["ttl_normalised"] for info in infos)
+        self.owned_total = sum(self.hist.values())
+        if self.progress is not None:
+            self.progress(reader.records, total, total)
+        return reader, [tmp / f"staging-{i}.db" for i in range(len(chunks))]
 
     # -- phase 2: whole-zone checks -------------------------------------------
 
@@ -160,38 +326,57 @@ class _Splitter:
             raise ZoneFileError(fname, None, f"no SOA record at the apex {reader.zone_origin}")
         if conn.execute("SELECT 1 FROM st WHERE rkey = x'' AND rdtype = 2").fetchone() is None:
             raise ZoneFileError(fname, None, f"no NS records at the apex {reader.zone_origin}")
+        self.ttl_fixed = reader.ttl_normalised
+
+    @staticmethod
+    def check_slice(conn: sqlite3.Connection, zonefile: str) -> int:
+        """Per-name rules, checked on each slice in parallel: CNAME alone, one CNAME/DNAME,
+        one TTL per RRset (RFC 2181 5.2: like BIND, the first record's TTL wins).
+        Returns how many RRsets had their TTL normalised."""
+
+        def line_of(rkey: bytes, rdtype: int) -> int | None:
+            row = conn.execute(
+                "SELECT min(line) FROM st WHERE rkey = ? AND rdtype = ?", (rkey, rdtype)
+            ).fetchone()
+            return row[0] if row else None
+
         row = conn.execute(
-            "SELECT c.rkey, c.line, o.rdtype, o.line FROM st c JOIN st o"
+            "SELECT c.rkey, o.rdtype FROM rr c JOIN rr o"
             " ON o.rkey = c.rkey AND o.rdtype NOT IN (5, 46, 47)"
-            " WHERE c.rdtype = 5 LIMIT 1"
+            f" WHERE c.rdtype = 5 AND c.origin = {models.OWNED} LIMIT 1"
         ).fetchone()
         if row is not None:
             import dns.rdatatype
 
             raise ZoneFileError(
-                fname,
-                row[1],
+                zonefile,
+                line_of(row[0], 5),
                 f"CNAME at {key_to_text(row[0])} beside other data"
-                f" ({dns.rdatatype.to_text(row[2])} at line {row[3]})",
+                f" ({dns.rdatatype.to_text(row[1])} at line {line_of(row[0], row[1])})",
             )
         row = conn.execute(
-            "SELECT rkey, max(line) FROM st WHERE rdtype IN (5, 39)"
+            f"SELECT rkey, rdtype FROM rr WHERE rdtype IN (5, 39) AND origin = {models.OWNED}"
             " GROUP BY rkey, rdtype HAVING count(*) > 1 LIMIT 1"
         ).fetchone()
         if row is not None:
-            raise ZoneFileError(fname, row[1], f"more than one CNAME or DNAME at {key_to_text(row[0])}")
-        # RFC 2181 5.2: one TTL per RRset; like BIND, the first record's TTL wins.
+            import dns.rdatatype
+
+            raise ZoneFileError(
+                zonefile,
+                line_of(row[0], row[1]),
+                f"more than one {dns.rdatatype.to_text(row[1])} at {key_to_text(row[0])}",
+            )
         mixed = conn.execute(
-            "SELECT rkey, rdtype, covers FROM st GROUP BY rkey, rdtype, covers"
+            "SELECT rkey, rdtype, covers FROM rr GROUP BY rkey, rdtype, covers"
             " HAVING min(ttl) != max(ttl)"
         ).fetchall()
         for rkey, rdtype, covers in mixed:
             conn.execute(
-                "UPDATE st SET ttl = (SELECT ttl FROM st WHERE rkey=? AND rdtype=? AND covers=?"
-                " ORDER BY line LIMIT 1) WHERE rkey=? AND rdtype=? AND covers=?",
+                "UPDATE rr SET ttl = (SELECT ttl FROM st WHERE rkey = ? AND rdtype = ?"
+                " AND covers = ? ORDER BY line LIMIT 1) WHERE rkey = ? AND rdtype = ? AND covers = ?",
                 (rkey, rdtype, covers, rkey, rdtype, covers),
             )
-        self.ttl_fixed = len(mixed)
+        return len(mixed)
 
     # -- phase 3: boundaries --------------------------------------------------
 
@@ -204,7 +389,7 @@ class _Splitter:
             return self._letter_bounds(buckets)
         total = self.owned_total
         size = total / self.parts
-        tol = 0.05 * size
+        tol = 0.025 * size
         # Candidate boundaries: every bucket start and every shorter prefix of it, with the
         # number of owned records sorting before it.
         cands: dict[bytes, int] = {}
@@ -289,14 +474,15 @@ class _Splitter:
 
     # -- phase 4: slices ------------------------------------------------------
 
+    @staticmethod
     def build_slice(
-        self,
-        staging_path: Path,
+        staging: list[Path],
         plan: SlicePlan,
         index: int,
         path: Path,
         serial: int,
         dnssec: str | None,
+        zonefile: str,
     ) -> SliceInfo:
         engine = open_engine(path, create=True)
         engine.dispose()
@@ -307,38 +493,42 @@ class _Splitter:
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("PRAGMA cache_size=-131072")
         conn.execute("DROP INDEX IF EXISTS ix_rr_type")
-        conn.execute("ATTACH DATABASE ? AS s", (str(staging_path),))
+        _attach_staging(conn, staging)
         conn.execute("BEGIN")
         range_sql = "rkey >= ?" + (" AND rkey < ?" if hi_key is not None else "")
         range_args: tuple = (lo_key,) + ((hi_key,) if hi_key is not None else ())
         cols = "rkey, rdtype, covers, rdata, ttl"
         conn.execute(
-            f"INSERT INTO rr SELECT {cols}, {models.OWNED} FROM s.st"
+            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.OWNED} FROM st"
             f" WHERE (rkey = x'' OR ({range_sql})) AND NOT {_NSEC3_SQL} ORDER BY rkey",
             range_args,
         )
         t_range = "tkey >= ?" + (" AND tkey < ?" if hi_key is not None else "")
         # Sibling glue: addresses of NS/MX/SRV targets owned by another slice.
         conn.execute(
-            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_GLUE} FROM s.st"
-            " WHERE rdtype IN (1, 28) AND rkey IN (SELECT tkey FROM s.st"
+            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_GLUE} FROM st"
+            " WHERE rdtype IN (1, 28) AND rkey IN (SELECT tkey FROM st"
             f"  WHERE (rkey = x'' OR ({range_sql})) AND rdtype IN (2, 15, 33)"
             f"  AND tkey IS NOT NULL AND NOT ({t_range}))",
             range_args + range_args,
         )
-        self._copy_cname_targets(conn, lo_key, hi_key, cols)
+        _Splitter._copy_cname_targets(conn, lo_key, hi_key, cols)
         if dnssec == "nsec":
             for key in (lo_key, label_prefix(b"*") + b"\x00"):
-                self._copy_nsec_before(conn, key, cols)
+                _Splitter._copy_nsec_before(conn, key, cols)
         if dnssec == "nsec3":
             conn.execute(
-                f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_NSEC3} FROM s.st"
+                f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_NSEC3} FROM st"
                 f" WHERE {_NSEC3_SQL}"
             )
         conn.execute("COMMIT")
-        conn.execute("DETACH DATABASE s")
         conn.execute("CREATE INDEX ix_rr_type ON rr (rdtype, rkey)")
+        ttl_fixed = _Splitter.check_slice(conn, zonefile)
+        conn.execute("DROP VIEW st")
+        for i in range(len(staging)):
+            conn.execute(f"DETACH DATABASE s{i}")
         counts = dict(conn.execute("SELECT origin, count(*) FROM rr GROUP BY origin").fetchall())
+        apex = conn.execute("SELECT count(*) FROM rr WHERE rkey = x''").fetchone()[0]
         names = conn.execute(
             f"SELECT count(DISTINCT rkey) FROM rr WHERE origin = {models.OWNED}"
         ).fetchone()[0]
@@ -380,15 +570,18 @@ class _Splitter:
             first=first_label,
             last=last_label,
             names=names,
-            records_owned=counts.get(models.OWNED, 0),
+            records_owned=counts.get(models.OWNED, 0) - apex,
+            records_apex=apex,
+            ttl_normalised=ttl_fixed,
             records_copied=copied,
             records_total=sum(counts.values()),
             bytes=path.stat().st_size,
             sha256=digest,
         )
 
+    @staticmethod
     def _copy_cname_targets(
-        self, conn: sqlite3.Connection, lo_key: bytes, hi_key: bytes | None, cols: str
+        conn: sqlite3.Connection, lo_key: bytes, hi_key: bytes | None, cols: str
     ) -> None:
         """Whole nodes of in-zone CNAME targets owned elsewhere, followed to a bounded depth."""
         outside = "NOT (tkey >= ?" + (" AND tkey < ?" if hi_key is not None else "") + ")"
@@ -397,8 +590,8 @@ class _Splitter:
         frontier = [
             r[0]
             for r in conn.execute(
-                "SELECT DISTINCT s.st.tkey FROM rr JOIN s.st USING (rkey, rdtype, covers, rdata)"
-                f" WHERE rr.rdtype = 5 AND s.st.tkey IS NOT NULL AND {outside}",
+                "SELECT DISTINCT st.tkey FROM rr JOIN st USING (rkey, rdtype, covers, rdata)"
+                f" WHERE rr.rdtype = 5 AND st.tkey IS NOT NULL AND {outside}",
                 args,
             )
         ]
@@ -410,15 +603,15 @@ class _Splitter:
             nxt: list[bytes] = []
             for key in frontier:
                 conn.execute(
-                    f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_TARGET} FROM s.st"
+                    f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_TARGET} FROM st"
                     " WHERE rkey = ?",
                     (key,),
                 )
-                self._copy_nsec_before(conn, key + b"\x00", cols)
+                _Splitter._copy_nsec_before(conn, key + b"\x00", cols)
                 nxt.extend(
                     r[0]
                     for r in conn.execute(
-                        "SELECT tkey FROM s.st WHERE rkey = ? AND rdtype = 5 AND tkey IS NOT NULL",
+                        "SELECT tkey FROM st WHERE rkey = ? AND rdtype = 5 AND tkey IS NOT NULL",
                         (key,),
                     )
                 )
@@ -428,12 +621,12 @@ class _Splitter:
     def _copy_nsec_before(conn: sqlite3.Connection, key: bytes, cols: str) -> None:
         """The NSEC (and its RRSIG) whose owner is the greatest NSEC owner below ``key``."""
         row = conn.execute(
-            "SELECT rkey FROM s.st WHERE rkey < ? AND rdtype = 47 ORDER BY rkey DESC LIMIT 1", (key,)
+            "SELECT rkey FROM st WHERE rkey < ? AND rdtype = 47 ORDER BY rkey DESC LIMIT 1", (key,)
         ).fetchone()
         if row is None:
             return
         conn.execute(
-            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_NSEC} FROM s.st"
+            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_NSEC} FROM st"
             " WHERE rkey = ? AND (rdtype = 47 OR (rdtype = 46 AND covers = 47))",
             (row[0],),
         )
@@ -449,10 +642,10 @@ class _Splitter:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            staging_path = tmp / "staging.db"
-            conn = _staging(staging_path)
+            reader, staging = self.load(tmp)
+            conn = sqlite3.connect(":memory:", isolation_level=None)
             try:
-                reader = self.load(conn)
+                _attach_staging(conn, staging)
                 self.check(conn, reader)
                 origin = reader.zone_origin
                 dnssec = self._dnssec_mode(conn)
@@ -460,13 +653,19 @@ class _Splitter:
             finally:
                 conn.close()
             plan = SlicePlan(origin, bounds)
-            slices = [
-                self.build_slice(
-                    staging_path, plan, i, tmp / f"slice-{i}.db", reader.soa_serial, dnssec
-                )
+            jobs = [
+                (staging, plan, i, tmp / f"slice-{i}.db", reader.soa_serial, dnssec, str(self.zonefile))
                 for i in range(self.parts)
             ]
-            staging_path.unlink()
+            workers = min(self.parts, os.cpu_count() or 1, _MAX_WORKERS)
+            if workers > 1 and self.owned_total >= 200_000:
+                ctx = mp.get_context("fork")
+                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                    slices = list(pool.map(_build_slice_job, jobs))
+            else:
+                slices = [_build_slice_job(job) for job in jobs]
+            for path in staging:
+                path.unlink()
             manifest = Manifest(
                 origin=origin.to_text(),
                 serial=reader.soa_serial,
@@ -476,7 +675,7 @@ class _Splitter:
                 source={
                     "path": str(self.zonefile),
                     "bytes": self.zonefile.stat().st_size,
-                    "ttl_normalised_rrsets": self.ttl_fixed,
+                    "ttl_normalised_rrsets": self.ttl_fixed + sum(s.ttl_normalised for s in slices),
                 },
                 bounds=plan.bounds_text(),
                 slices=slices,
@@ -496,7 +695,11 @@ class _Splitter:
             directory=out,
             seconds=seconds,
             records_per_second=reader.records / seconds if seconds else 0.0,
-            peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            peak_rss_mib=max(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+            )
+            / 1024,
         )
 
     @staticmethod
@@ -528,10 +731,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _raw_position(reader: ZoneReader) -> Callable[[], int]:
-    return lambda: reader.bytes_position()
 
 
 def split_zone(

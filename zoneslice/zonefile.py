@@ -39,6 +39,7 @@ Record = tuple[bytes, int, int, bytes, int, "bytes | None", int]
 _A, _NS, _CNAME, _SOA, _PTR, _MX, _AAAA, _SRV, _DNAME, _DS, _RRSIG = 1, 2, 5, 6, 12, 15, 28, 33, 39, 43, 46
 _NAME_TYPES = {_NS, _CNAME, _PTR, _DNAME}
 _TARGET_TYPES = {_NS: "target", _CNAME: "target", _MX: "exchange", _SRV: "target", _DNAME: "target"}
+_IN = frozenset(("IN", "in", "In", "iN"))
 _CLASSES = {"in": 1, "ch": 3, "hs": 4, "any": 255, "none": 254}
 _TYPE_CACHE: dict[str, int] = {}
 
@@ -52,6 +53,76 @@ def open_text(path: str | os.PathLike[str]) -> tuple[io.TextIOWrapper, io.Buffer
     magic = raw.peek(2)[:2]
     stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
     return io.TextIOWrapper(stream, encoding="latin-1", newline=None), raw
+
+
+class _Window(io.RawIOBase):
+    """Bytes ``[start, end)`` of a file, for parsing one chunk of a large dump."""
+
+    def __init__(self, path: str | os.PathLike[str], start: int, end: int) -> None:
+        self._f = open(path, "rb")  # noqa: SIM115 - closed with the window
+        self._f.seek(start)
+        self._left = end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        if self._left <= 0:
+            return 0
+        view = memoryview(buf)[: self._left]
+        n = self._f.readinto(view)
+        self._left -= n
+        return n
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def open_window(
+    path: str | os.PathLike[str], start: int, end: int
+) -> tuple[io.TextIOWrapper, io.BufferedReader]:
+    raw = io.BufferedReader(_Window(path, start, end), buffer_size=1 << 20)
+    return io.TextIOWrapper(raw, encoding="latin-1", newline=None), raw
+
+
+def chunk_bounds(path: str | os.PathLike[str], chunks: int) -> list[tuple[int, int, int]]:
+    """``(start, end, first_line)`` of ``chunks`` pieces cut at lines that start a record.
+
+    A cut goes before a line whose first character can only begin an owner name
+    (not blank, ``$``, ``;``, parenthesis); whether the piece really is
+    independent of the one before is checked after parsing.
+    """
+    size = os.path.getsize(path)
+    cuts = [0]
+    with open(path, "rb") as fh:
+        for k in range(1, chunks):
+            pos = max(size * k // chunks, cuts[-1])
+            fh.seek(pos)
+            fh.readline()
+            while True:
+                at = fh.tell()
+                line = fh.readline()
+                if not line:
+                    at = size
+                    break
+                if line[:1] not in (b" ", b"\t", b"$", b";", b"(", b")", b"\n", b"\r"):
+                    break
+            cuts.append(at)
+        cuts.append(size)
+        lines = [1]
+        fh.seek(0)
+        for a, b in zip(cuts, cuts[1:-1], strict=False):
+            left, count = b - a, 0
+            while left > 0:
+                block = fh.read(min(left, 1 << 24))
+                count += block.count(b"\n")
+                left -= len(block)
+            lines.append(lines[-1] + count)
+    return [(cuts[i], cuts[i + 1], lines[i]) for i in range(chunks) if cuts[i] < cuts[i + 1]]
 
 
 def _rdtype(token: str) -> int | None:
@@ -92,8 +163,18 @@ class ZoneReader:
         origin: dns.name.Name | str | None = None,
         *,
         on_bytes: Callable[[int], None] | None = None,
+        window: tuple[int, int] | None = None,
+        first_line: int = 1,
+        initial: tuple[dns.name.Name, int | None] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.window = window
+        self.first_line = first_line
+        self.initial = initial
+        self.directive_after_records = False
+        self.ttl_normalised = 0
+        self.dependent = False
+        self.state: _State | None = None
         if isinstance(origin, str):
             origin = dns.name.from_text(origin)
         self.zone_origin: dns.name.Name | None = origin.canonicalize() if origin else None
@@ -171,7 +252,22 @@ class ZoneReader:
         return "\x00".join(labels).encode("latin-1") + b"\x00"
 
     def _target(self, st: _State, token: str, line: int) -> tuple[bytes, bytes | None]:
-        """Wire form (case kept) and in-zone key (or None) of a domain name in rdata."""
+        """Wire form (case kept) and in-zone key (or None) of a domain name in rdata.
+
+        Name server names repeat across thousands of delegations, so results are
+        cached (per origin for relative names; the cache is bounded).
+        """
+        cache = st.extra.setdefault("target_cache", {})
+        hit = cache.get(token)
+        if hit is not None:
+            return hit
+        out = self._target_uncached(st, token, line)
+        if len(cache) >= 65536:
+            cache.clear()
+        cache[token] = out
+        return out
+
+    def _target_uncached(self, st: _State, token: str, line: int) -> tuple[bytes, bytes | None]:
         if "\\" in token or token == "@" or not token.isascii():
             name = self._slow_name(st, token, line)
             key = name_key(name, self.zone_origin) if name.is_subdomain(self.zone_origin) else None
@@ -217,6 +313,7 @@ class ZoneReader:
 
     def _set_origin(self, st: _State, origin: dns.name.Name) -> None:
         st.origin = origin
+        st.extra["target_cache"] = {}
         st.extra["origin_wire"] = origin.to_wire()
         if self.zone_origin is not None and origin.is_subdomain(self.zone_origin):
             rel = origin.labels[: len(origin.labels) - len(self.zone_origin.labels)]
@@ -293,7 +390,7 @@ class ZoneReader:
         start = 0
         blank = False
         lineno = 0
-        for lineno, text in enumerate(fh, 1):
+        for lineno, text in enumerate(fh, self.first_line if self._include_depth == 0 else 1):
             if not depth and '"' not in text and "(" not in text and "\\" not in text:
                 code = text.split(";", 1)[0]
                 tokens = code.split()
@@ -320,14 +417,21 @@ class ZoneReader:
 
     def __iter__(self) -> Iterator[Record]:
         st = _State(filename=str(self.path), origin=None)
+        self.state = st
         if self.zone_origin is not None:
             self._set_zone_origin(self.zone_origin)
             self._set_origin(st, self.zone_origin)
+        if self.initial is not None:
+            self._set_origin(st, self.initial[0])
+            st.ttl = self.initial[1]
         yield from self._read_file(self.path, st)
 
     def _read_file(self, path: Path, st: _State) -> Iterator[Record]:
         try:
-            fh, raw = open_text(path)
+            if self._include_depth == 0 and self.window is not None:
+                fh, raw = open_window(path, *self.window)
+            else:
+                fh, raw = open_text(path)
         except OSError as exc:
             raise ZoneFileError(str(path), None, f"cannot open: {exc.strerror}") from None
         if self._include_depth == 0:
@@ -385,16 +489,26 @@ class ZoneReader:
 
     def _read_stream(self, fh: io.TextIOBase, st: _State) -> Iterator[Record]:
         fast = self._fast_rdata
+        last_owner = None
         for line, blank, tokens in self._logical_lines(fh, st):
             first = tokens[0]
             if first[0] == "$":
+                if self.records:
+                    self.directive_after_records = True
                 yield from self._directive(st, line, tokens)
+                last_owner = None
                 continue
             i = 0
             if blank:
+                if st.owner_key is None and self.window is not None and self.window[0] > 0:
+                    self.dependent = True
+                    return
                 if st.owner_key is None:
                     raise self._err(st, line, "record without an owner name and no previous owner")
                 key = st.owner_key
+            elif first == last_owner:
+                key = st.owner_key
+                i = 1
             else:
                 if self.zone_origin is None:
                     if first == "@" or not first.endswith("."):
@@ -405,7 +519,19 @@ class ZoneReader:
                     self._set_origin(st, self.zone_origin)
                 key = self._owner_key(st, first, line)
                 st.owner_key = key
+                last_owner = first
                 i = 1
+            # The shape of every line of a TLD dump: owner TTL IN TYPE rdata...
+            if i == 1 and len(tokens) > 4 and tokens[1].isdigit() and tokens[2] in _IN:
+                ttl = int(tokens[1])
+                rdtype = _TYPE_CACHE.get(tokens[3]) or _rdtype(tokens[3].upper())
+                if rdtype is not None and ttl <= 0x7FFFFFFF and rdtype != _SOA:
+                    st.last_ttl = ttl
+                    out = fast(st, rdtype, tokens[4:], line)
+                    if out is not None:
+                        self.records += 1
+                        yield key, rdtype, 0, out[0], ttl, out[1], line
+                        continue
             ttl = None
             rdclass = 1
             n = len(tokens)
@@ -464,6 +590,9 @@ class ZoneReader:
             else:
                 wire, tkey = out
             if ttl is None:
+                if self.window is not None and self.window[0] > 0:
+                    self.dependent = True
+                    return
                 raise self._err(st, line, "no TTL: the record has none and there is no $TTL")
             self.records += 1
             yield key, rdtype, covers, wire, ttl, tkey, line

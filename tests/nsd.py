@@ -1,0 +1,161 @@
+"""A real NSD (Debian ``nsd``) serving one zone file on 127.0.0.1, for reference answers.
+
+::
+
+    with NsdServer(zonefile, "com.") as (addr, port):
+        dns.query.udp(dns.message.make_query("com.", "SOA"), addr, port=port)
+
+Everything NSD writes (config, pid file, xfrd state, zone list, log) lives in a
+temporary directory removed on exit. NSD runs in the foreground (``nsd -d``) as
+a child process with response-rate limiting off, no privilege drop and no
+chroot; the context waits until it answers the apex SOA over UDP and, on exit,
+stops it with SIGTERM (SIGKILL after a grace period), so no process is left
+behind even when the block raised.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+
+
+def free_port(addr: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``addr``."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+            u.bind((addr, 0))
+            port = u.getsockname()[1]
+            try:
+                t.bind((addr, port))
+            except OSError:
+                continue
+            return port
+
+
+class NsdError(RuntimeError):
+    """NSD could not be started."""
+
+
+class NsdServer:
+    """Context manager: NSD answering for ``origin`` from ``zonefile`` on 127.0.0.1:<free port>.
+
+    ``extra_server`` lines are appended to the ``server:`` clause (e.g.
+    ``["minimal-responses: yes"]``), ``extra_zone`` lines to the ``zone:`` clause
+    (e.g. ``["provide-xfr: 127.0.0.1 NOKEY"]``).
+    """
+
+    def __init__(
+        self,
+        zonefile: str | os.PathLike[str],
+        origin: str,
+        *,
+        addr: str = "127.0.0.1",
+        port: int | None = None,
+        extra_server: list[str] | None = None,
+        extra_zone: list[str] | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.zonefile = Path(zonefile).resolve()
+        self.origin = origin if origin.endswith(".") else origin + "."
+        self.addr = addr
+        self.port = port
+        self.extra_server = extra_server or []
+        self.extra_zone = extra_zone or []
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen | None = None
+        self.dir: Path | None = None
+
+    def config(self, workdir: Path, port: int) -> str:
+        server = [
+            f"ip-address: {self.addr}@{port}",
+            'username: ""',
+            'chroot: ""',
+            f'zonesdir: "{workdir}"',
+            f'pidfile: "{workdir}/nsd.pid"',
+            'database: ""',
+            f'xfrdfile: "{workdir}/xfrd.state"',
+            f'zonelistfile: "{workdir}/zone.list"',
+            f'xfrdir: "{workdir}"',
+            f'logfile: "{workdir}/nsd.log"',
+            "server-count: 1",
+            "rrl-ratelimit: 0",
+            "rrl-whitelist-ratelimit: 0",
+            "verbosity: 1",
+            "zonefiles-write: 0",
+            *self.extra_server,
+        ]
+        zone = [f"name: {self.origin}", f'zonefile: "{self.zonefile}"', *self.extra_zone]
+        return (
+            "server:\n"
+            + "".join(f"  {line}\n" for line in server)
+            + "remote-control:\n  control-enable: no\n"
+            + "zone:\n"
+            + "".join(f"  {line}\n" for line in zone)
+        )
+
+    def _log(self) -> str:
+        log = self.dir / "nsd.log" if self.dir else None
+        return log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+
+    def start(self) -> tuple[str, int]:
+        if shutil.which("nsd") is None:
+            raise NsdError("nsd is not installed (scripts/setup.sh installs the Debian package)")
+        self.dir = Path(tempfile.mkdtemp(prefix="zs-nsd-"))
+        port = self.port or free_port(self.addr)
+        conf = self.dir / "nsd.conf"
+        conf.write_text(self.config(self.dir, port))
+        self.proc = subprocess.Popen(
+            ["nsd", "-d", "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.port = port
+        query = dns.message.make_query(self.origin, "SOA")
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                reply = dns.query.udp(query, self.addr, port=port, timeout=0.25)
+                if reply.rcode() == dns.rcode.NOERROR and reply.answer:
+                    return self.addr, port
+            except (dns.exception.Timeout, OSError, dns.exception.DNSException):
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() else ""
+                log = self._log()
+                self.stop()
+                raise NsdError(f"nsd did not answer SOA for {self.origin}: {err} {log}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        if proc is not None and proc.stderr is not None:
+            proc.stderr.close()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def __enter__(self) -> tuple[str, int]:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,1021 @@
+"""The engine's network side: UDP and TCP on IPv4 and IPv6, in N worker processes.
+
+The parent binds one set of sockets per worker (``SO_REUSEPORT``, so the
+kernel spreads flows over the workers and both cores work), forks the
+workers, and then only watches them: it restarts a worker that dies, and on
+SIGTERM or SIGINT it signals them, waits and returns. Each worker owns its
+own :class:`~zoneslice.engine.query.Responder` (opened after the fork: SQLite
+handles must not cross it) and runs one asyncio loop:
+
+- UDP: the socket's readiness callback drains up to ``UDP_BATCH`` datagrams
+  with plain ``recvfrom``/``sendto``, so a busy socket costs one loop turn per
+  batch, not per packet; the only per-packet Python work is the Responder call.
+- TCP (RFC 7766): 2-byte length framing, any number of pipelined queries per
+  connection answered in order, an idle timeout, back-pressure through
+  ``drain``; AXFR is streamed from ``Responder.axfr`` message by message.
+
+Every message, whatever its opcode (UPDATE included), goes to the Responder,
+which decides; an exception there becomes SERVFAIL, never a dead worker.
+Counters are written to a stats directory (see :mod:`zoneslice.engine.stats`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from zoneslice.engine import stats as stats_mod
+from zoneslice.errors import ServeError, ZonesliceError
+
+log = logging.getLogger("zoneslice.serve")
+
+UDP_BATCH = 64
+UDP_RCVBUF = 4 << 20
+TCP_IDLE = 10.0
+TCP_MAX_CLIENTS = 1024
+TCP_BACKLOG = 1024
+WRITE_HIGH = 256 << 10
+STATS_EVERY = 1.0
+READY_TIMEOUT = 120.0
+STOP_GRACE = 5.0
+RESTARTS_WINDOW = (5, 30.0)
+OP_QUERY = 0
+T_AXFR = 252
+
+
+class ResponderLike(Protocol):
+    counters: dict[str, Any]
+
+    def respond(
+        self, wire: bytes, *, tcp: bool, client: tuple[Any, ...] | None = None
+    ) -> bytes | None: ...
+
+    def axfr(self, query_wire: bytes, client: Any) -> Iterator[bytes] | bytes: ...
+
+
+ResponderFactory = Callable[..., ResponderLike]
+"""``factory(slice_db: Path, *, axfr_allowed: Callable[[str], bool]) -> Responder``."""
+
+Source = str | os.PathLike[str] | tuple[Any, int]
+
+
+@dataclass
+class ServerInfo:
+    """What ``on_ready`` receives once every worker answers."""
+
+    slice_db: Path
+    listen: list[tuple[str, int]]
+    pids: list[int]
+    stats_path: Path
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``ADDR:PORT``, ``[V6]:PORT``, ``V6`` or ``ADDR`` (port 53) -> (addr, port)."""
+    text = text.strip()
+    port = 53
+    if text.startswith("["):
+        addr, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ServeError(f"bad listen address {text!r}")
+            port = _port(rest[1:], text)
+    elif text.count(":") == 1:
+        addr, p = text.split(":")
+        port = _port(p, text)
+    else:
+        addr = text
+    try:
+        ipaddress.ip_address(addr)
+    except ValueError:
+        raise ServeError(f"bad listen address {text!r}: {addr!r} is not an IP address") from None
+    return addr, port
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ServeError(f"bad port in listen address {whole!r}")
+    return int(text)
+
+
+def resolve_source(source: Source) -> Path:
+    """The slice database of ``source``: a path, or (manifest path | Manifest, slice index)."""
+    if isinstance(source, tuple):
+        from zoneslice.manifest import Manifest, load_manifest
+
+        manifest, index = source
+        m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+        return m.slice_path(int(index))
+    return Path(source)
+
+
+def _slice_meta(path: Path) -> dict[str, str]:
+    from zoneslice.store.db import connect_readonly, read_meta
+
+    conn = connect_readonly(path)
+    try:
+        return read_meta(conn)
+    finally:
+        conn.close()
+
+
+def acl(allow: Iterable[str] | None) -> Callable[[str], bool]:
+    """Address predicate for AXFR from networks/addresses (``None`` or empty: nobody)."""
+    nets = []
+    for a in allow or ():
+        try:
+            nets.append(ipaddress.ip_network(a, strict=False))
+        except ValueError:
+            raise ServeError(f"bad AXFR allow entry {a!r}") from None
+
+    def allowed(addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(ip in n for n in nets)
+
+    return allowed
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# ------------------------------------------------------------------ sockets
+
+
+def _family(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def _new_socket(addr: str, kind: socket.SocketKind) -> socket.socket:
+    s = socket.socket(_family(addr), kind)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if s.family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_DGRAM:
+            force = getattr(socket, "SO_RCVBUFFORCE", 33)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, force, UDP_RCVBUF)
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _bind_pair(addr: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """UDP and TCP sockets on the same (addr, port); port 0 picks one free for both."""
+    for _ in range(50):
+        tcp = _new_socket(addr, socket.SOCK_STREAM)
+        udp = _new_socket(addr, socket.SOCK_DGRAM)
+        try:
+            tcp.bind((addr, port))
+            udp.bind((addr, tcp.getsockname()[1]))
+            return udp, tcp
+        except OSError as exc:
+            tcp.close()
+            udp.close()
+            if port == 0 and exc.errno == errno.EADDRINUSE:
+                continue
+            raise ServeError(f"cannot listen on {_show(addr, port)}: {exc.strerror}") from None
+    raise ServeError(f"no port free for both UDP and TCP on {addr}")
+
+
+def _bind_all(
+    listen: Sequence[tuple[str, int]],
+) -> tuple[list[socket.socket], list[tuple[str, int]]]:
+    socks: list[socket.socket] = []
+    bound: list[tuple[str, int]] = []
+    try:
+        for addr, port in listen:
+            udp, tcp = _bind_pair(addr, port)
+            socks += [udp, tcp]
+            bound.append((addr, udp.getsockname()[1]))
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks, bound
+
+
+def _show(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+# ------------------------------------------------------------------ wire helpers
+
+_HDR = struct.Struct("!HHHHHH")
+
+
+def _question_end(wire: bytes) -> int:
+    """Offset just past the (uncompressed) first question, or 0."""
+    if len(wire) < 12 or wire[4:6] != b"\x00\x01":
+        return 0
+    p = 12
+    n = len(wire)
+    while p < n:
+        ln = wire[p]
+        if ln == 0:
+            p += 5
+            return p if p <= n else 0
+        if ln > 63:
+            return 0
+        p += ln + 1
+    return 0
+
+
+def is_axfr(wire: bytes) -> bool:
+    """A standard query for one question of type AXFR."""
+    if len(wire) < 17 or (wire[2] >> 3) & 0xF != OP_QUERY or wire[2] & 0x80:
+        return False
+    end = _question_end(wire)
+    return end > 0 and wire[end - 4] == 0 and wire[end - 3] == T_AXFR
+
+
+def servfail(wire: bytes) -> bytes | None:
+    """SERVFAIL for a query the Responder failed on (None for junk or a response)."""
+    if len(wire) < 12 or wire[2] & 0x80:
+        return None
+    ident, flags = struct.unpack_from("!HH", wire)
+    end = _question_end(wire)
+    flags = 0x8000 | (flags & 0x7900) | 2
+    return _HDR.pack(ident, flags, 1 if end else 0, 0, 0, 0) + wire[12:end]
+
+
+# ------------------------------------------------------------------ worker
+
+
+class _Worker:
+    """One process: a Responder and the listeners of one socket set."""
+
+    def __init__(
+        self,
+        index: int,
+        responder: ResponderLike,
+        socks: list[socket.socket],
+        stats_dir: Path | None,
+        tcp_idle: float,
+    ) -> None:
+        self.index = index
+        self.responder = responder
+        self.socks = socks
+        self.stats_dir = stats_dir
+        self.tcp_idle = tcp_idle
+        self.started = time.time()
+        self.c: dict[str, int] = dict.fromkeys(
+            (
+                "udp_in",
+                "udp_out",
+                "udp_dropped",
+                "udp_send_errors",
+                "tcp_connections",
+                "tcp_refused",
+                "tcp_in",
+                "tcp_out",
+                "tcp_idle_closed",
+                "axfr",
+                "axfr_messages",
+                "errors",
+            ),
+            0,
+        )
+        self.clients: set[asyncio.Task[None]] = set()
+        self.stopping: asyncio.Event | None = None
+        self._last_error_log = 0.0
+
+    # ---- failures inside the Responder
+
+    def _failed(self, wire: bytes) -> bytes | None:
+        self.c["errors"] += 1
+        now = time.monotonic()
+        if now - self._last_error_log > 10:
+            self._last_error_log = now
+            log.error(
+                "worker %d: responder failed on %s: %s",
+                self.index,
+                wire[:64].hex(),
+                traceback.format_exc(limit=4).strip().replace("\n", " | "),
+            )
+        return servfail(wire)
+
+    # ---- UDP
+
+    def udp_reader(self, sock: socket.socket) -> Callable[[], None]:
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
+        respond = self.responder.respond
+        c = self.c
+        failed = self._failed
+
+        def ready() -> None:
+            got = sent = 0
+            try:
+                for _ in range(UDP_BATCH):
+                    try:
+                        wire, addr = recvfrom(65535)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError:
+                        continue
+                    got += 1
+                    try:
+                        out = respond(wire, tcp=False, client=addr)
+                    except Exception:
+                        out = failed(wire)
+                    if out is not None:
+                        try:
+                            sendto(out, addr)
+                            sent += 1
+                        except OSError:
+                            c["udp_send_errors"] += 1
+            finally:
+                c["udp_in"] += got
+                c["udp_out"] += sent
+                c["udp_dropped"] += got - sent
+
+        return ready
+
+    # ---- TCP
+
+    def tcp_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.clients) >= TCP_MAX_CLIENTS or (self.stopping and self.stopping.is_set()):
+            self.c["tcp_refused"] += 1
+            writer.transport.abort()
+            return
+        task = asyncio.get_running_loop().create_task(self._tcp_client(reader, writer))
+        self.clients.add(task)
+        task.add_done_callback(self.clients.discard)
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.c["tcp_connections"] += 1
+        peer = writer.get_extra_info("peername")
+        transport = writer.transport
+        respond = self.responder.respond
+        c = self.c
+        idle = self.tcp_idle
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        head = await reader.readexactly(2)
+                        wire = await reader.readexactly((head[0] << 8) | head[1])
+                except TimeoutError:
+                    c["tcp_idle_closed"] += 1
+                    break
+                c["tcp_in"] += 1
+                if is_axfr(wire):
+                    await self._axfr(wire, peer, writer)
+                    continue
+                try:
+                    out = respond(wire, tcp=True, client=peer)
+                except Exception:
+                    out = self._failed(wire)
+                if out is None:
+                    continue
+                writer.write(len(out).to_bytes(2, "big") + out)
+                c["tcp_out"] += 1
+                if transport.get_write_buffer_size() > WRITE_HIGH:
+                    async with asyncio.timeout(idle):
+                        await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, OSError):
+            pass
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+        finally:
+            if not transport.is_closing():
+                transport.close()
+
+    async def _axfr(self, wire: bytes, peer: Any, writer: asyncio.StreamWriter) -> None:
+        self.c["axfr"] += 1
+        try:
+            result = self.responder.axfr(wire, peer)
+        except Exception:
+            result = self._failed(wire)
+        if result is None:
+            return
+        messages: Iterable[bytes] = [result] if isinstance(result, bytes | bytearray) else result
+        it = iter(messages)
+        while True:
+            try:
+                msg = next(it)
+            except StopIteration:
+                break
+            except Exception:
+                self._failed(wire)
+                raise ConnectionError("AXFR aborted") from None
+            writer.write(len(msg).to_bytes(2, "big") + msg)
+            self.c["axfr_messages"] += 1
+            async with asyncio.timeout(self.tcp_idle):
+                await writer.drain()
+
+    # ---- stats
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "worker": self.index,
+            "pid": os.getpid(),
+            "started": self.started,
+            "updated": time.time(),
+            "tcp_clients": len(self.clients),
+            "server": dict(self.c),
+            "responder": _plain(self.responder.counters),
+        }
+
+    def write_stats(self) -> None:
+        if self.stats_dir is None:
+            return
+        try:
+            stats_mod.write_json(stats_mod.worker_file(self.stats_dir, self.index), self.snapshot())
+        except OSError as exc:
+            log.warning("worker %d: cannot write stats: %s", self.index, exc)
+
+    # ---- main loop
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        servers = []
+        for s in self.socks:
+            if s.type == socket.SOCK_DGRAM:
+                loop.add_reader(s.fileno(), self.udp_reader(s))
+            else:
+                servers.append(
+                    await asyncio.start_server(self.tcp_accept, sock=s, backlog=TCP_BACKLOG)
+                )
+
+        def tick() -> None:
+            self.write_stats()
+            handle[0] = loop.call_later(STATS_EVERY, tick)
+
+        handle = [loop.call_later(STATS_EVERY, tick)]
+        self.write_stats()
+        ready()
+        await self.stopping.wait()
+        handle[0].cancel()
+        for s in self.socks:
+            if s.type == socket.SOCK_DGRAM:
+                loop.remove_reader(s.fileno())
+        for srv in servers:
+            srv.close()
+        for t in list(self.clients):
+            t.cancel()
+        if self.clients:
+            await asyncio.wait(list(self.clients), timeout=1.0)
+        for s in self.socks:
+            s.close()
+        self.write_stats()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _plain(counters: Any) -> dict[str, Any]:
+    """JSON-able copy of the Responder's counters (keys as text)."""
+    out: dict[str, Any] = {}
+    for k, v in dict(counters).items():
+        out[str(k)] = _plain(v) if isinstance(v, dict) else v
+    return out
+
+
+def _make_responder(
+    factory: ResponderFactory | None, slice_db: Path, axfr_allowed: Callable[[str], bool]
+) -> ResponderLike:
+    if factory is None:
+        from zoneslice.engine.query import Responder
+
+        factory = Responder
+    return factory(slice_db, axfr_allowed=axfr_allowed)
+
+
+def _run_worker(
+    index: int,
+    slice_db: Path,
+    socks: list[socket.socket],
+    stats_dir: Path | None,
+    factory: ResponderFactory | None,
+    axfr_allowed: Callable[[str], bool],
+    tcp_idle: float,
+    ready: Callable[[], None],
+) -> None:
+    responder = _make_responder(factory, slice_db, axfr_allowed)
+    worker = _Worker(index, responder, socks, stats_dir, tcp_idle)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(worker.run(ready))
+    finally:
+        loop.close()
+        close = getattr(responder, "close", None)
+        if callable(close):
+            close()
+
+
+def _fork_worker(
+    index: int,
+    socks: list[socket.socket],
+    inherited: Sequence[int],
+    **kw: Any,
+) -> tuple[int, int]:
+    """Fork worker ``index``; returns (pid, read end of its ready pipe)."""
+    rfd, wfd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.close(wfd)
+        return pid, rfd
+    code = 1
+    try:
+        os.close(rfd)
+        for fd in inherited:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+        def ready() -> None:
+            os.write(wfd, b"ok\n")
+
+        _run_worker(index, socks=socks, ready=ready, **kw)
+        code = 0
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(wfd, f"error: {type(exc).__name__}: {exc}\n".encode()[:4000])
+        if not isinstance(exc, ZonesliceError | KeyboardInterrupt | SystemExit):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            logging.shutdown()
+        os._exit(code)
+
+
+def _wait_ready(pipes: dict[int, int], deadline: float) -> dict[int, str]:
+    """Read one status line from each pipe; returns {fd: line} (empty line = died silently)."""
+    status: dict[int, str] = {}
+    bufs: dict[int, bytes] = {fd: b"" for fd in pipes}
+    while len(status) < len(pipes):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        _check_signals()
+        r, _, _ = select.select([fd for fd in pipes if fd not in status], [], [], min(left, 0.1))
+        for fd in r:
+            chunk = os.read(fd, 4096)
+            bufs[fd] += chunk
+            if not chunk or b"\n" in bufs[fd]:
+                status[fd] = bufs[fd].decode(errors="replace").strip()
+    return status
+
+
+# ------------------------------------------------------------------ parent
+
+
+class _Stop(Exception):
+    pass
+
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _check_signals() -> None:
+    """Raise _Stop if SIGTERM/SIGINT is pending (the parent keeps them blocked)."""
+    if signal.sigpending() & _STOP_SIGNALS:
+        raise _Stop(signal.sigtimedwait(_STOP_SIGNALS, 0))
+
+
+def serve(
+    source: Source,
+    listen: Sequence[tuple[str, int]] | None = None,
+    workers: int | None = None,
+    *,
+    on_ready: Callable[[ServerInfo], None] | None = None,
+    stats_path: str | os.PathLike[str] | None = None,
+    axfr_allow: Iterable[str] | None = None,
+    tcp_idle: float = TCP_IDLE,
+    responder_factory: ResponderFactory | None = None,
+) -> None:
+    """Serve one slice until SIGTERM or SIGINT, then return (the command exits 0).
+
+    ``source`` is a slice database or ``(manifest, index)``. ``listen`` defaults to
+    ``0.0.0.0:53`` and ``[::]:53``; port 0 picks a free port (the same for UDP and
+    TCP, reported to ``on_ready``). ``workers`` defaults to the usable CPUs; 0 serves
+    in this process without forking (for profiling). ``stats_path`` is a directory
+    for the counters (default: a temporary one, removed at exit). ``axfr_allow``
+    lists the addresses/networks allowed to AXFR (default: none).
+    ``responder_factory(slice_db, axfr_allowed=...)`` replaces the Responder.
+
+    :raises ServeError: the slice cannot be opened, an address cannot be bound or a
+        worker fails to start or keeps dying.
+    """
+    slice_db = resolve_source(source)
+    if not slice_db.exists():
+        raise ServeError(f"{slice_db}: no such slice database")
+    meta = _slice_meta(slice_db)
+    listen = list(listen) if listen else [("0.0.0.0", 53), ("::", 53)]
+    nworkers = _default_workers() if workers is None else int(workers)
+    if nworkers < 0:
+        raise ServeError("workers must be >= 0")
+    allowed = acl(axfr_allow)
+    temp_stats = stats_path is None
+    stats_dir = (
+        Path(tempfile.mkdtemp(prefix="zoneslice-stats-")) if temp_stats else Path(stats_path)
+    )
+    stats_dir.mkdir(parents=True, exist_ok=True)
+    for f in stats_dir.glob(stats_mod.WORKER_GLOB):
+        f.unlink(missing_ok=True)
+    kw = dict(
+        slice_db=slice_db,
+        stats_dir=stats_dir,
+        factory=responder_factory,
+        axfr_allowed=allowed,
+        tcp_idle=tcp_idle,
+    )
+    try:
+        if nworkers == 0:
+            _serve_inline(listen, meta, on_ready, kw)
+        else:
+            _Parent(listen, nworkers, meta, on_ready, kw).run()
+    finally:
+        if temp_stats:
+            shutil.rmtree(stats_dir, ignore_errors=True)
+
+
+def _describe(meta: dict[str, str], slice_db: Path) -> str:
+    origin = meta.get("origin", "?")
+    if meta.get("parts"):
+        return f"{origin} slice {meta.get('index', '?')}/{meta['parts']} ({slice_db})"
+    return f"{origin} ({slice_db})"
+
+
+def _summary(stats_dir: Path) -> str:
+    try:
+        total = stats_mod.read_stats(stats_dir)["total"]
+    except ServeError:
+        return "no statistics"
+    r = total.get("responder", {})
+    s = total.get("server", {})
+    queries = r.get("queries", s.get("udp_in", 0) + s.get("tcp_in", 0))
+    rc = (
+        r.get("rcodes")
+        or r.get("rcode")
+        or {k: v for k, v in r.items() if k.isupper() and isinstance(v, int)}
+    )
+    parts = [f"{queries} queries"] + [f"{k} {v}" for k, v in sorted(rc.items()) if v]
+    if s.get("errors"):
+        parts.append(f"{s['errors']} responder errors")
+    return ", ".join(parts)
+
+
+def _serve_inline(
+    listen: Sequence[tuple[str, int]],
+    meta: dict[str, str],
+    on_ready: Callable[[ServerInfo], None] | None,
+    kw: dict[str, Any],
+) -> None:
+    socks, bound = _bind_all(listen)
+    started = time.monotonic()
+    info = ServerInfo(kw["slice_db"], bound, [os.getpid()], kw["stats_dir"], meta)
+    stats_mod.write_json(kw["stats_dir"] / stats_mod.SERVER_FILE, _server_json(info))
+
+    def ready() -> None:
+        log.info(_start_line(info))
+        if on_ready:
+            on_ready(info)
+
+    try:
+        _run_worker(0, socks=socks, ready=ready, **kw)
+    finally:
+        for s in socks:
+            s.close()
+    log.info(
+        "zoneslice serve stopped after %.1f s: %s",
+        time.monotonic() - started,
+        _summary(kw["stats_dir"]),
+    )
+
+
+def _server_json(info: ServerInfo) -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "slice_db": str(info.slice_db),
+        "listen": [list(a) for a in info.listen],
+        "workers": info.pids,
+        "started": time.time(),
+        "meta": info.meta,
+    }
+
+
+def _start_line(info: ServerInfo) -> str:
+    where = " ".join(_show(a, p) for a, p in info.listen)
+    return (
+        f"zoneslice serve started: {_describe(info.meta, info.slice_db)} on udp+tcp {where}, "
+        f"{len(info.pids)} worker(s) (pids {' '.join(map(str, info.pids))}), "
+        f"stats in {info.stats_path}"
+    )
+
+
+class _Parent:
+    """Forks and watches the workers; turns SIGTERM/SIGINT into an orderly stop."""
+
+    def __init__(
+        self,
+        listen: Sequence[tuple[str, int]],
+        n: int,
+        meta: dict[str, str],
+        on_ready: Callable[[ServerInfo], None] | None,
+        kw: dict[str, Any],
+    ) -> None:
+        self.listen = list(listen)
+        self.n = n
+        self.meta = meta
+        self.on_ready = on_ready
+        self.kw = kw
+        self.pids: dict[int, int] = {}
+        self.deaths: list[float] = []
+        self.stop_reason = "error"
+
+    def _spawn(self, index: int, inherited: Sequence[int] = ()) -> tuple[int, int]:
+        socks, bound = _bind_all(self.listen)
+        self.listen = bound
+        try:
+            pid, rfd = _fork_worker(index, socks, inherited, **self.kw)
+        finally:
+            for s in socks:
+                s.close()
+        self.pids[index] = pid
+        return pid, rfd
+
+    def run(self) -> None:
+        started = time.monotonic()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            self._start()
+            while True:
+                sig = signal.sigtimedwait(_STOP_SIGNALS, 0.1)
+                if sig is not None:
+                    raise _Stop(sig)
+                self._reap()
+        except _Stop as stop:
+            info = stop.args[0] if stop.args else None
+            self.stop_reason = signal.Signals(info.si_signo).name if info else "signal"
+        finally:
+            try:
+                self._stop_all()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        log.info(
+            "zoneslice serve stopped (%s) after %.1f s: %s",
+            self.stop_reason,
+            time.monotonic() - started,
+            _summary(self.kw["stats_dir"]),
+        )
+
+    def _start(self) -> None:
+        pipes: dict[int, int] = {}
+        try:
+            for i in range(self.n):
+                _, rfd = self._spawn(i, list(pipes))
+                pipes[rfd] = i
+            status = _wait_ready(pipes, time.monotonic() + READY_TIMEOUT)
+        finally:
+            for fd in pipes:
+                os.close(fd)
+        bad = {pipes[fd]: line for fd, line in status.items() if line != "ok"}
+        bad.update({i: "did not start in time" for fd, i in pipes.items() if fd not in status})
+        if bad:
+            i, why = sorted(bad.items())[0]
+            raise ServeError(f"worker {i} failed to start: {why or 'exited'}")
+        info = ServerInfo(
+            self.kw["slice_db"],
+            self.listen,
+            list(self.pids.values()),
+            self.kw["stats_dir"],
+            self.meta,
+        )
+        stats_mod.write_json(self.kw["stats_dir"] / stats_mod.SERVER_FILE, _server_json(info))
+        log.info(_start_line(info))
+        if self.on_ready:
+            self.on_ready(info)
+
+    def _reap(self) -> None:
+        for index, pid in list(self.pids.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if not done:
+                continue
+            del self.pids[index]
+            now = time.monotonic()
+            limit, window = RESTARTS_WINDOW
+            self.deaths = [t for t in self.deaths if now - t < window] + [now]
+            log.warning(
+                "worker %d (pid %d) died (%s); restarting",
+                index,
+                pid,
+                _exit_text(status),
+            )
+            if len(self.deaths) > limit:
+                raise ServeError(f"workers died {len(self.deaths)} times in {window:.0f} s")
+            _, rfd = self._spawn(index)
+            try:
+                line = _wait_ready({rfd: index}, now + READY_TIMEOUT).get(rfd, "")
+            finally:
+                os.close(rfd)
+            if line != "ok":
+                log.error("worker %d failed to restart: %s", index, line or "exited")
+
+    def _stop_all(self) -> None:
+        for pid in self.pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        left = dict(self.pids)
+        while left and time.monotonic() < deadline:
+            for i, pid in list(left.items()):
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done = pid
+                if done:
+                    del left[i]
+            if left:
+                time.sleep(0.02)
+        for i, pid in left.items():
+            log.warning("worker %d (pid %d) did not stop in %.0f s; killed", i, pid, STOP_GRACE)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.pids.clear()
+
+
+def _exit_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit {os.WEXITSTATUS(status)}"
+
+
+# ------------------------------------------------------------------ in the background
+
+
+class Background:
+    """``serve`` in a forked child process, for tests, benches and node wiring.
+
+    ``with Background(slice_db, [("127.0.0.1", 0)], workers=2) as srv:`` waits
+    until every worker answers; ``srv.info.listen`` holds the real ports;
+    leaving the block sends SIGTERM and waits (``srv.exitcode`` is then 0).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        listen: Sequence[tuple[str, int]],
+        workers: int = 1,
+        *,
+        start_timeout: float = 60.0,
+        **kw: Any,
+    ) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self._recv, send = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(
+            target=_background_main, args=(send, source, list(listen), workers, kw), daemon=False
+        )
+        self.info: ServerInfo | None = None
+        self.exitcode: int | None = None
+        self.process.start()
+        send.close()
+        try:
+            if not self._recv.poll(start_timeout):
+                raise ServeError(f"server did not start in {start_timeout:.0f} s")
+            try:
+                kind, value = self._recv.recv()
+            except EOFError:
+                raise ServeError("server exited before it was ready") from None
+            if kind == "error":
+                raise ServeError(value)
+            self.info = value
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, wait; SIGKILL after ``timeout``. Returns the exit code."""
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.exitcode = self.process.exitcode
+        self._recv.close()
+        return self.exitcode
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _background_main(
+    send: Any, source: Source, listen: list[tuple[str, int]], workers: int, kw: dict[str, Any]
+) -> None:
+    def ready(info: ServerInfo) -> None:
+        send.send(("ready", info))
+
+    try:
+        serve(source, listen, workers, on_ready=ready, **kw)
+    except ZonesliceError as exc:
+        with contextlib.suppress(OSError):
+            send.send(("error", str(exc)))
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------ python -m
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m zoneslice.engine.server SLICE_DB [--listen A:P ...] [--workers N]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m zoneslice.engine.server")
+    ap.add_argument("slice_db", nargs="?")
+    ap.add_argument("--manifest")
+    ap.add_argument("--slice", type=int)
+    ap.add_argument("--listen", action="append", default=[])
+    ap.add_argument("--workers", type=int)
+    ap.add_argument("--stats")
+    ap.add_argument("--axfr-allow", action="append", default=[])
+    ap.add_argument("--responder", help="module:callable replacing the Responder (tests, benches)")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    source: Source
+    if a.manifest is not None:
+        if a.slice is None:
+            ap.error("--manifest needs --slice")
+        source = (a.manifest, a.slice)
+    elif a.slice_db:
+        source = a.slice_db
+    else:
+        ap.error("give SLICE_DB or --manifest M --slice I")
+    factory = None
+    if a.responder:
+        import importlib
+
+        mod, _, attr = a.responder.partition(":")
+        factory = getattr(importlib.import_module(mod), attr)
+    try:
+        serve(
+            source,
+            [parse_listen(x) for x in a.listen] or None,
+            a.workers,
+            stats_path=a.stats,
+            axfr_allow=a.axfr_allow,
+            responder_factory=factory,
+        )
+    except ZonesliceError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""ctypes mirrors of bpf/zs_maps.h and the packing of keys and values.
+
+This module moves bytes: it knows how a key and an answer value are laid out,
+not what a DNS answer means (that is zoneslice.hot.entries).
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import struct
+from dataclasses import dataclass, field
+
+from zoneslice.errors import XdpError
+
+KEY_DATA = 256
+MAX_FIX = 16
+BODY_MAX = 1232
+
+V_PLAIN = 0
+V_EDNS = 1
+V_EDNS_DO = 2
+VARIANTS = (V_PLAIN, V_EDNS, V_EDNS_DO)
+
+FIX_BODY = 0x8000
+
+CF_ENABLED = 1
+CF_ADDR_FILTER = 2
+CF_COOKIE_CLIENT = 4
+CF_COOKIE_FULL = 8
+
+COUNTERS = (
+    "answered_exact",
+    "answered_deleg",
+    "pass_not_dns",
+    "pass_fragment",
+    "pass_ip_options",
+    "pass_address",
+    "pass_malformed",
+    "pass_opcode",
+    "pass_flags",
+    "pass_qdcount",
+    "pass_sections",
+    "pass_edns",
+    "pass_class",
+    "pass_miss",
+    "pass_too_big",
+    "pass_disabled",
+    "err_adjust",
+    "err_store",
+)
+
+_LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
+
+
+class Config(ct.Structure):
+    _fields_ = [("flags", ct.c_uint32), ("port", ct.c_uint16), ("max_udp", ct.c_uint16)]
+
+
+class Key(ct.Structure):
+    _fields_ = [("head", ct.c_uint32), ("data", ct.c_uint8 * KEY_DATA)]
+
+
+class Addr(ct.Structure):
+    _fields_ = [("a", ct.c_uint8 * 16)]
+
+
+def answer_struct(body_max: int = BODY_MAX) -> type[ct.Structure]:
+    """The ctypes mirror of ``struct zs_answer`` for a given ZS_BODY_MAX."""
+
+    class Answer(ct.Structure):
+        _fields_ = [
+            ("flags", ct.c_uint16),
+            ("copy_mask", ct.c_uint16),
+            ("ancount", ct.c_uint16),
+            ("nscount", ct.c_uint16),
+            ("arcount", ct.c_uint16),
+            ("len", ct.c_uint16),
+            ("csum", ct.c_uint16),
+            ("nfix", ct.c_uint16),
+            ("deleg_len", ct.c_uint16),
+            ("pad", ct.c_uint16),
+            ("fix_pos", ct.c_uint16 * MAX_FIX),
+            ("fix_val", ct.c_uint16 * MAX_FIX),
+            ("body", ct.c_uint8 * body_max),
+        ]
+
+    return Answer
+
+
+def ones_sum(data: bytes) -> int:
+    """Folded 16-bit one's-complement sum of ``data`` (big-endian words, odd byte padded)."""
+    if len(data) & 1:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def reversed_key_name(wire_name: bytes) -> bytes:
+    """Lower-cased wire name, byte-reversed (root first): a cut is a prefix of its subtree."""
+    return wire_name.translate(_LOWER)[::-1]
+
+
+def exact_key(wire_name: bytes, qtype: int, variant: int) -> bytes:
+    """Key bytes of an exact (name, type, variant) entry."""
+    rev = reversed_key_name(wire_name)
+    if len(rev) > KEY_DATA - 1:
+        raise XdpError(f"name of {len(rev)} octets does not fit a key")
+    return struct.pack("=I", qtype) + (bytes((variant,)) + rev).ljust(KEY_DATA, b"\0")
+
+
+def deleg_key(wire_name: bytes, variant: int) -> bytes:
+    """LPM-trie key bytes of a delegation entry: every name at or below ``wire_name``."""
+    rev = reversed_key_name(wire_name)
+    if len(rev) > KEY_DATA - 1:
+        raise XdpError(f"name of {len(rev)} octets does not fit a key")
+    return struct.pack("=I", 8 * (1 + len(rev))) + (bytes((variant,)) + rev).ljust(KEY_DATA, b"\0")
+
+
+@dataclass
+class AnswerValue:
+    """What the program writes after the question, and how it patches it."""
+
+    flags: int
+    copy_mask: int
+    ancount: int
+    nscount: int
+    arcount: int
+    body: bytes
+    fixups: list[tuple[int, int]] = field(default_factory=list)  # (body offset, fix_val)
+    deleg_len: int = 0
+
+    def pack(self, body_max: int = BODY_MAX) -> bytes:
+        if len(self.body) > body_max or not self.body:
+            raise XdpError(f"answer body of {len(self.body)} octets does not fit (max {body_max})")
+        if len(self.fixups) > MAX_FIX:
+            raise XdpError(f"{len(self.fixups)} pointer fix-ups, at most {MAX_FIX}")
+        body = bytearray(self.body)
+        for pos, _ in self.fixups:
+            body[pos : pos + 2] = b"\0\0"
+        fpos = [p for p, _ in self.fixups] + [0] * (MAX_FIX - len(self.fixups))
+        fval = [v for _, v in self.fixups] + [0] * (MAX_FIX - len(self.fixups))
+        head = struct.pack(
+            f"=10H{MAX_FIX}H{MAX_FIX}H",
+            self.flags,
+            self.copy_mask,
+            self.ancount,
+            self.nscount,
+            self.arcount,
+            len(body),
+            ones_sum(bytes(body)),
+            len(self.fixups),
+            self.deleg_len,
+            0,
+            *fpos,
+            *fval,
+        )
+        return head + bytes(body).ljust(body_max, b"\0")
+
+    def render(self, query_header: bytes, question: bytes, cut: int = 0) -> bytes:
+        """The DNS message the program sends for a query (Python model of hot_answer.c)."""
+        qid, qflags = struct.unpack_from("!HH", query_header)
+        flags = (self.flags & ~self.copy_mask) | (qflags & self.copy_mask)
+        body = bytearray(self.body)
+        qlen = len(question) - 4
+        for pos, val in self.fixups:
+            target = 12 + qlen + 4 + (val & 0x7FFF) if val & FIX_BODY else 12 + cut + val
+            body[pos : pos + 2] = struct.pack("!H", 0xC000 | target)
+        head = struct.pack("!6H", qid, flags, 1, self.ancount, self.nscount, self.arcount)
+        return head + question + bytes(body)
+
+
+def counters_total(per_cpu: dict[int, list[int]] | list[list[int]]) -> dict[str, int]:
+    """Sum per-CPU counter rows into ``{name: total}``."""
+    rows = per_cpu.values() if isinstance(per_cpu, dict) else per_cpu
+    out = dict.fromkeys(COUNTERS, 0)
+    for idx, name in enumerate(COUNTERS):
+        for row in rows:
+            out[name] += row[idx] if idx < len(row) else 0
+    return out
