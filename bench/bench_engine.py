@@ -158,10 +158,10 @@ def _wait_answers(cli: Any, addr: str, port: int, proc: Any, timeout: float, wha
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")
         r = cli.run(
-            ["dig", "+short", "+tries=1", "+time=1", "-p", str(port), f"@{addr}", "com.", "SOA"],
+            ["dig", "+tries=1", "+time=1", "-p", str(port), f"@{addr}", "com.", "SOA"],
             check=False,
         )
-        if r.returncode == 0 and r.stdout.strip():
+        if r.returncode == 0 and "status:" in r.stdout:
             return
         time.sleep(0.3)
     raise RuntimeError(f"{what} did not answer within {timeout:.0f} s")
@@ -286,6 +286,7 @@ def dnsperf(
     clients: int,
     outstanding: int,
     rate: int | None,
+    passes: int | None = None,
 ) -> dict[str, Any]:
     cmd = [
         "dnsperf",
@@ -306,6 +307,8 @@ def dnsperf(
     ]
     if rate:
         cmd += ["-Q", str(rate)]
+    if passes:
+        cmd += ["-n", str(passes)]
     r = cli.run(cmd, check=False, timeout=seconds + 60)
     out = parse_dnsperf(r.stdout)
     if "sent" not in out:
@@ -321,6 +324,11 @@ def dnsperf(
 def measure(cli: Any, addr: str, port: int, queries: Path, a: argparse.Namespace) -> dict[str, Any]:
     """Closed loop for the ceiling, then fixed rates from 95 % of it down to no loss."""
     runs = []
+    if a.warmup:
+        w = dnsperf(cli, addr, port, queries, a.warmup, a.clients, a.outstanding, None, passes=1)
+        w["mode"] = "warm-up"
+        runs.append(w)
+        log(f"  warm-up (one pass over the query file, at most {a.warmup:.0f} s): {_short(w)}")
     ceiling = dnsperf(cli, addr, port, queries, a.duration, a.clients, a.outstanding, None)
     ceiling["mode"] = "closed-loop"
     runs.append(ceiling)
@@ -360,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slice", type=int, default=1, help="slice served by zoneslice (0..2)")
     ap.add_argument("--queries", type=int, default=500_000, help="lines in the query file")
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per dnsperf run")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=180.0,
+        help="seconds at most for one closed-loop pass over the query file first (0: none)",
+    )
     ap.add_argument("--steps", type=int, default=4, help="fixed-rate runs at most per server")
     ap.add_argument("--workers", type=int, default=2, help="zoneslice workers / NSD server-count")
     ap.add_argument("--clients", type=int, default=16, help="dnsperf -c (source ports)")
@@ -377,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.quick:
         a.delegations, a.duration, a.steps, a.queries = 20_000, 3.0, 2, 50_000
+        a.warmup = min(a.warmup, 20.0)
     require = os.geteuid() == 0 and shutil.which("ip") and shutil.which("dnsperf")
     if not require:
         require_netns()
@@ -425,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "queries": mix,
         "dnsperf": {
+            "warmup_s": a.warmup,
             "duration_s": a.duration,
             "clients": a.clients,
             "outstanding": a.outstanding,

@@ -28,6 +28,8 @@ BPF_F_TABLE("hash", struct zs_addr, __u8, zs_addrs, 64, 0);
 #define DNS_CD 0x0010
 #define T_OPT 41
 #define T_DS 43
+#define T_RRSIG 46
+#define T_NSEC 47
 #define O_COOKIE 10
 
 struct vlanhdr {
@@ -178,6 +180,8 @@ int zs_hot_answer(struct xdp_md *ctx)
     if (udp->source == 0)
         return pass(ZS_C_PASS_MALFORMED);
     __u32 ulen = ntohs(udp->len);
+    __u16 ucheck = udp->check;
+    __u32 usrc = ntohs(udp->source);
     if (ulen != ip_payload || ulen < 8 + 12 + 5)
         return pass(ZS_C_PASS_MALFORMED);
     if ((cfg->flags & ZS_CF_ADDR_FILTER) && !zs_addrs.lookup(&dst))
@@ -198,6 +202,7 @@ int zs_hot_answer(struct xdp_md *ctx)
     __u32 arcount = rd16(h + 10);
     if (rd16(h + 6) || rd16(h + 8) || arcount > 1)
         return pass(ZS_C_PASS_SECTIONS);
+    __u32 hsum = rd16(h) + qflags + 1 + arcount;
 
     /* ---- question (+ OPT) into scratch ---- */
     __u32 rem = ulen - 8 - 12;
@@ -281,8 +286,9 @@ int zs_hot_answer(struct xdp_md *ctx)
         limit = payload;
         if (limit < 512)
             limit = 512;
-        if (limit > cfg->max_udp)
-            limit = cfg->max_udp;
+        __u32 cap = v6 ? cfg->max_udp6 : cfg->max_udp;
+        if (limit > cap)
+            limit = cap;
     }
 
     /* ---- key: variant + reversed lower-cased qname; checksum of the question ---- */
@@ -311,13 +317,32 @@ int zs_hot_answer(struct xdp_md *ctx)
     else
         qsum += qtype + qclass;
 
+    /* The stack drops a query whose UDP checksum is wrong; so do we. */
+    if ((cfg->flags & ZS_CF_VERIFY_CSUM) && (v6 || ucheck)) {
+        __u32 osum = 0;
+        __u32 olen = RELOAD(s->rem) - after;
+        for (__u32 i = 0; i < 64; i++) {
+            if (i >= olen)
+                break;
+            __u32 c = s->q[MASKED(after + i, 511)];
+            osum += ((after + i) & 1) ? c : (c << 8);
+        }
+        __u32 vs = addr_sum + IPPROTO_UDP + ulen + ntohs(ucheck) + ulen + usrc + cfg->port
+                 + hsum + qsum + osum;
+        if (fold(vs) != 0xffff)
+            return pass(ZS_C_PASS_CHECKSUM);
+        qlen = RELOAD(s->qlen);
+        if (qlen > 255)
+            return pass(ZS_C_PASS_MALFORMED);
+    }
+
     /* ---- lookup: exact, then the cut at or above the name ---- */
     int kind = ZS_C_ANSWERED_EXACT;
     __u32 cut = 0;
     key->head = qtype;
     struct zs_answer *ans = zs_exact.lookup(key);
     if (!ans) {
-        if (qtype == 0 || qtype == T_OPT || qtype >= 128)
+        if (qtype == 0 || qtype == T_OPT || (qtype >= 128 && qtype <= 255))
             return pass(ZS_C_PASS_MISS);
         key->head = (qlen + 1) * 8;
         ans = zs_deleg.lookup(key);
@@ -329,7 +354,7 @@ int zs_hot_answer(struct xdp_md *ctx)
         cut = qlen - dl;
         if (!((s->lmap[MASKED(cut >> 6, 3)] >> (cut & 63)) & 1))
             return pass(ZS_C_PASS_MISS);
-        if (cut == 0 && qtype == T_DS)
+        if (cut == 0 && (qtype == T_DS || qtype == T_RRSIG || qtype == T_NSEC))
             return pass(ZS_C_PASS_MISS);
         kind = ZS_C_ANSWERED_DELEG;
     }

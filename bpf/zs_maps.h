@@ -21,7 +21,7 @@
 #endif
 
 #define ZS_KEY_DATA 256
-#define ZS_MAX_FIX 16
+#define ZS_MAX_FIX 32
 #define ZS_QBUF 512          /* scratch copy of the message after the header */
 #define ZS_QMAX 320          /* longest question + OPT the program looks at */
 
@@ -36,6 +36,7 @@
 #define ZS_CF_ADDR_FILTER 2      /* answer only packets to an address in zs_addrs */
 #define ZS_CF_COOKIE_CLIENT 4    /* a client-only COOKIE option may be dropped */
 #define ZS_CF_COOKIE_FULL 8      /* a client+server COOKIE option may be dropped */
+#define ZS_CF_VERIFY_CSUM 16     /* pass queries whose UDP checksum is wrong, as the stack drops them */
 
 /* counters (per CPU) */
 #define ZS_C_ANSWERED_EXACT 0
@@ -56,12 +57,15 @@
 #define ZS_C_PASS_DISABLED 15
 #define ZS_C_ERR_ADJUST 16
 #define ZS_C_ERR_STORE 17
-#define ZS_C_MAX 18
+#define ZS_C_PASS_CHECKSUM 18    /* UDP checksum wrong (or partial: tx offload on a veth peer) */
+#define ZS_C_MAX 19
 
 struct zs_config {
     __u32 flags;
     __u16 port;              /* served UDP port, host order */
-    __u16 max_udp;           /* the engine's EDNS payload size (largest UDP answer) */
+    __u16 max_udp;           /* largest UDP answer over IPv4 (the engine's EDNS size) */
+    __u16 max_udp6;          /* same over IPv6 (the engine trims additional data above it) */
+    __u16 pad;
 };
 
 struct zs_key {

@@ -13,6 +13,7 @@ DEB_PACKAGES=(
   pdns-server pdns-backend-sqlite3
   iproute2 openssh-server openssh-client tshark sqlite3 procps psmisc
   zstd xz-utils
+  ethtool
 )
 
 missing=()

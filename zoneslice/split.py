@@ -308,8 +308,9 @@ class _Splitter:
                 self.hist[k] = self.hist.get(k, 0) + v
         reader = head
         reader.records = sum(info["records"] for info in infos)
-        reader.soa_serial = infos[0]["soa_serial"]
-        reader.soa_minimum = infos[0]["soa_minimum"]
+        soa = next((info for info in infos if info["soa_serial"] is not None), infos[0])
+        reader.soa_serial = soa["soa_serial"]
+        reader.soa_minimum = soa["soa_minimum"]
         reader.ttl_normalised = sum(info["ttl_normalised"] for info in infos)
         self.owned_total = sum(self.hist.values())
         if self.progress is not None:
@@ -413,8 +414,15 @@ class _Splitter:
                 best = (self._refine(conn, buckets, int(target)), None)
             bounds.append(best[0])
         labels = [_unescape(b) for b in bounds]
-        for a, b in zip([b""] + labels, labels, strict=False):
-            if not a < b:
+        for a, b in zip([b""] + labels, labels + [None], strict=True):
+            lo_key, hi_key = first_label_bounds(a, b)
+            empty = b is not None and not a < b
+            if not empty:
+                # A bound placed at the first owned label (tiny zones) leaves a range with no name.
+                sql = "SELECT 1 FROM st WHERE rkey >= ?" + (" AND rkey < ?" if hi_key is not None else "")
+                args = (lo_key,) if hi_key is None else (lo_key, hi_key)
+                empty = conn.execute(f"{sql} AND NOT {_NSEC3_SQL} LIMIT 1", args).fetchone() is None
+            if empty:
                 raise SliceError(
                     f"cannot cut the zone into {self.parts} non-empty ranges"
                     f" ({self.owned_total} records)"

@@ -41,6 +41,7 @@ _NAME_TYPES = {_NS, _CNAME, _PTR, _DNAME}
 _TARGET_TYPES = {_NS: "target", _CNAME: "target", _MX: "exchange", _SRV: "target", _DNAME: "target"}
 _IN = frozenset(("IN", "in", "In", "iN"))
 _CLASSES = {"in": 1, "ch": 3, "hs": 4, "any": 255, "none": 254}
+_DS_DIGEST_LEN = {1: 20, 2: 32, 3: 32, 4: 48}
 _TYPE_CACHE: dict[str, int] = {}
 
 
@@ -343,17 +344,14 @@ class ZoneReader:
                     i += 1
                 elif c == '"':
                     in_quote = False
-                    tokens.append("".join(cur))
-                    cur = []
             elif c == "\\":
                 cur.append(c)
                 if i + 1 < n:
                     cur.append(text[i + 1])
                     i += 1
             elif c == '"':
-                if cur:
-                    tokens.append("".join(cur))
-                    cur = []
+                # Kept glued to its neighbours (SVCB's key="value" needs no space after '='):
+                # dnspython re-tokenizes the rdata text and splits them where it should.
                 cur.append(c)
                 in_quote = True
             elif c == ";":
@@ -390,26 +388,30 @@ class ZoneReader:
         start = 0
         blank = False
         lineno = 0
-        for lineno, text in enumerate(fh, self.first_line if self._include_depth == 0 else 1):
-            if not depth and '"' not in text and "(" not in text and "\\" not in text:
-                code = text.split(";", 1)[0]
-                tokens = code.split()
-                if tokens:
-                    yield lineno, text[0] in " \t", tokens
-                continue
-            try:
-                tokens, new_depth = self._tokenize(text, depth)
-            except ValueError as exc:
-                raise self._err(st, lineno, str(exc)) from None
-            if depth == 0:
-                if not tokens and new_depth == 0:
+        first = self.first_line if self._include_depth == 0 else 1
+        try:
+            for lineno, text in enumerate(fh, first):
+                if not depth and '"' not in text and "(" not in text and "\\" not in text:
+                    code = text.split(";", 1)[0]
+                    tokens = code.split()
+                    if tokens:
+                        yield lineno, text[0] in " \t", tokens
                     continue
-                start, blank, acc = lineno, text[:1] in (" ", "\t"), []
-            acc.extend(tokens)
-            depth = new_depth
-            if depth == 0 and acc:
-                yield start, blank, acc
-                acc = []
+                try:
+                    tokens, new_depth = self._tokenize(text, depth)
+                except ValueError as exc:
+                    raise self._err(st, lineno, str(exc)) from None
+                if depth == 0:
+                    if not tokens and new_depth == 0:
+                        continue
+                    start, blank, acc = lineno, text[:1] in (" ", "\t"), []
+                acc.extend(tokens)
+                depth = new_depth
+                if depth == 0 and acc:
+                    yield start, blank, acc
+                    acc = []
+        except (OSError, EOFError) as exc:  # e.g. a truncated gzip file
+            raise self._err(st, lineno + 1 if lineno else first, f"read failed: {exc}") from None
         if depth:
             raise self._err(st, start or lineno, "unbalanced '(': end of file inside parentheses")
 
@@ -462,6 +464,8 @@ class ZoneReader:
                 st.ttl = int(dns.ttl.from_text(tokens[1]))
             except dns.exception.DNSException as exc:
                 raise self._err(st, line, f"bad $TTL {tokens[1]!r}: {exc}") from None
+            if st.ttl > 0x7FFFFFFF:
+                raise self._err(st, line, f"$TTL {tokens[1]} is above 2^31-1")
         elif d == "$INCLUDE":
             if len(tokens) not in (2, 3):
                 raise self._err(st, line, "$INCLUDE takes a file name and an optional origin")
@@ -585,7 +589,8 @@ class ZoneReader:
                     self.soa_serial = rd.serial
                     self.soa_minimum = rd.minimum
                     if ttl is None:
-                        ttl = rd.minimum
+                        # As BIND: without $TTL, the SOA's MINIMUM is the default TTL.
+                        ttl = st.ttl = rd.minimum
                     self.soa_ttl = ttl
             else:
                 wire, tkey = out
@@ -601,16 +606,18 @@ class ZoneReader:
         self, st: _State, rdtype: int, toks: list[str], line: int
     ) -> tuple[bytes, bytes | None] | None:
         try:
-            if rdtype in _NAME_TYPES and len(toks) == 1:
+            if rdtype in _NAME_TYPES and len(toks) == 1 and '"' not in toks[0]:
                 return self._target(st, toks[0], line)
             if rdtype == _A and len(toks) == 1:
                 return socket.inet_pton(socket.AF_INET, toks[0]), None
             if rdtype == _AAAA and len(toks) == 1:
                 return socket.inet_pton(socket.AF_INET6, toks[0]), None
-            if rdtype == _DS and len(toks) >= 4 and toks[1].isdigit() and toks[0].isdigit():
+            if rdtype == _DS and len(toks) >= 4 and (toks[0] + toks[1] + toks[2]).isdigit():
                 digest = bytes.fromhex("".join(toks[3:]))
+                if len(digest) != _DS_DIGEST_LEN.get(int(toks[2])):
+                    return None
                 return struct.pack("!HBB", int(toks[0]), int(toks[1]), int(toks[2])) + digest, None
-            if rdtype == _MX and len(toks) == 2 and toks[0].isdigit():
+            if rdtype == _MX and len(toks) == 2 and toks[0].isdigit() and '"' not in toks[1]:
                 wire, key = self._target(st, toks[1], line)
                 return struct.pack("!H", int(toks[0])) + wire, key
         except (OSError, ValueError, struct.error):

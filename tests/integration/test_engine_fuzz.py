@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ import pytest
 from test_engine_server import (
     SLICE,
     build_slices,
+    fresh_stats,
     query_set,
     responder_class,
     same,
@@ -30,7 +32,6 @@ from test_engine_server import (
     udp_ask,
 )
 
-from zoneslice.engine.stats import read_stats
 from zoneslice.manifest import load_manifest
 
 SEED = int(os.environ.get("ZS_FUZZ_SEED", "20240917"))
@@ -304,8 +305,11 @@ def _still_healthy(srv, slice_db) -> None:
         while len(body) < n:
             body += s.recv(n - len(body))
         assert same(body, local.respond(wire, tcp=True, client=addr))
-    stats = read_stats(srv.info.stats_path)
+    stats = fresh_stats(srv.info.stats_path, time.time())
     assert {w["pid"] for w in stats["workers"]} == set(srv.info.pids), "a worker was replaced"
     for pid in [srv.pid, *srv.info.pids]:
         os.kill(pid, 0)
     assert stats["total"]["server"]["errors"] == 0, "the Responder raised on some packet"
+    assert stats["total"]["responder"].get("SERVFAIL", 0) == 0, (
+        "some packet made the Responder fail"
+    )

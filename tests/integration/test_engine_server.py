@@ -12,6 +12,8 @@ import random
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -44,6 +46,7 @@ except ImportError:
     RealResponder = None
 
 SLICE = 1
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class StandIn:
@@ -260,6 +263,17 @@ def frame(wire: bytes) -> bytes:
     return struct.pack("!H", len(wire)) + wire
 
 
+def fresh_stats(path, since: float, timeout: float = 5.0) -> dict:
+    """Stats written by every worker after ``since`` (workers rewrite them every second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = read_stats(path)
+        if all(w["updated"] > since for w in stats["workers"]):
+            return stats
+        assert time.monotonic() < deadline, "stats not refreshed"
+        time.sleep(0.1)
+
+
 def start(slice_db: Path, listen, workers: int = 1, **kw) -> Background:
     kw.setdefault("responder_factory", factory())
     return Background(slice_db, listen, workers, **kw)
@@ -352,8 +366,7 @@ def test_both_workers_answer_and_stats_are_readable(server, slice_db) -> None:
     wire = query_set(slice_db, 1, seed=10)[0]
     for _ in range(64):
         udp_ask(v4(server), wire)
-    time.sleep(1.5)
-    after = read_stats(server.info.stats_path)
+    after = fresh_stats(server.info.stats_path, time.time())
     pids = {w["pid"] for w in after["workers"]}
     assert pids == set(server.info.pids) and len(pids) == 2
     for w0, w1 in zip(before["workers"], after["workers"], strict=True):
@@ -427,8 +440,8 @@ def test_responder_exception_gives_servfail(slice_db) -> None:
         assert r.rcode() == dns.rcode.SERVFAIL and r.id == q.id
         q2 = dns.message.make_query("com.", "SOA")
         assert dns.message.from_wire(udp_ask(srv.info.listen[0], q2.to_wire())).answer
-        stats = read_stats(srv.info.stats_path)
-        assert stats["total"]["server"]["errors"] >= 0
+        stats = fresh_stats(srv.info.stats_path, time.time())
+        assert stats["total"]["server"]["errors"] == 1
     assert srv.exitcode == 0
 
 
@@ -458,9 +471,6 @@ def test_sigterm_is_clean_and_fast(slice_db, tmp_path, caplog) -> None:
 
 
 def test_start_and_stop_log_one_line_each(slice_db, tmp_path) -> None:
-    import subprocess
-    import sys
-
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -475,7 +485,7 @@ def test_start_and_stop_log_one_line_each(slice_db, tmp_path) -> None:
             str(tmp_path / "st"),
         ]
         + (["--responder", "tests.integration.test_engine_server:StandIn"] if factory() else []),
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -529,3 +539,48 @@ def test_manifest_source(zone_slices) -> None:
     with start((zone_slices, 2), [("127.0.0.1", 0)], workers=1) as srv:
         assert srv.info.slice_db.name == "slice-2.db"
         assert srv.info.meta["index"] == "2"
+
+
+@pytest.mark.root
+def test_serves_in_a_namespace_over_veth(slice_db, local) -> None:
+    """The bench's set-up in small: server and client namespaces joined by a veth pair."""
+    sys.path.insert(0, str(ROOT))
+    from tests.netns import netns, require_netns, veth
+
+    require_netns()
+    with (
+        netns("esrv") as srv,
+        netns("ecli") as cli,
+        veth(srv, cli, "10.53.252.1/24", "10.53.252.2/24") as link,
+    ):
+        names = (srv.name, cli.name)
+        proc = srv.popen(
+            [
+                sys.executable,
+                "-m",
+                "zoneslice.engine.server",
+                str(slice_db),
+                "--listen",
+                f"{link.a_addr}:53",
+                "--workers",
+                "1",
+            ],
+            cwd=ROOT,
+            stderr=subprocess.DEVNULL,
+        )
+        wire = query_set(slice_db, 1, seed=30)[0]
+        probe = (
+            "import socket,sys,time\n"
+            "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(0.3)\n"
+            f"w=bytes.fromhex('{wire.hex()}')\n"
+            "for _ in range(60):\n"
+            f"    s.sendto(w,('{link.a_addr}',53))\n"
+            "    try:\n"
+            "        sys.stdout.write(s.recv(65535).hex()); break\n"
+            "    except TimeoutError: time.sleep(0.2)\n"
+        )
+        got = bytes.fromhex(cli.run([sys.executable, "-c", probe]).stdout.strip())
+        assert same(got, local.respond(wire, tcp=False, client=(link.b_addr, 5353)))
+    assert proc.wait(10) is not None
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(n in listed for n in names), "namespace left behind"

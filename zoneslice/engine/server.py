@@ -337,7 +337,7 @@ class _Worker:
         failed = self._failed
 
         def ready() -> None:
-            got = sent = 0
+            got = sent = lost = 0
             try:
                 for _ in range(UDP_BATCH):
                     try:
@@ -356,11 +356,12 @@ class _Worker:
                             sendto(out, addr)
                             sent += 1
                         except OSError:
-                            c["udp_send_errors"] += 1
+                            lost += 1
             finally:
                 c["udp_in"] += got
                 c["udp_out"] += sent
-                c["udp_dropped"] += got - sent
+                c["udp_send_errors"] += lost
+                c["udp_dropped"] += got - sent - lost
 
         return ready
 

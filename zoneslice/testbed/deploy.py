@@ -210,6 +210,10 @@ def deploy(
 
         priv = Path(tempfile.mkdtemp(prefix="zoneslice-deploy-"))
     priv.mkdir(parents=True, exist_ok=True)
+    # ansible-runner reads env/ (extravars, envvars, ...) left by an earlier run when a
+    # keyword is not given: stale settings must not leak into this one.
+    shutil.rmtree(priv / "env", ignore_errors=True)
+    shutil.rmtree(priv / "inventory", ignore_errors=True)
 
     venv_bin = str(Path(sys.executable).parent)
     envvars = {

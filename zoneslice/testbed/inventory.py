@@ -134,37 +134,56 @@ def load_inventory(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def _walk(
-    name: str, group: Mapping[str, Any] | None, chain: list[tuple[str, Mapping[str, Any]]],
-    out: dict[str, list[list[tuple[str, Mapping[str, Any]]]]],
-) -> None:
+def _collect(name: str, group: Mapping[str, Any] | None, defs: dict[str, dict[str, Any]]) -> None:
+    d = defs.setdefault(name, {"hosts": {}, "children": set(), "vars": {}})
     group = group or {}
-    chain = chain + [(name, group.get("vars") or {})]
+    d["vars"].update(group.get("vars") or {})
     for host, hv in (group.get("hosts") or {}).items():
-        out.setdefault(host, []).append(chain + [("", hv or {})])
+        d["hosts"].setdefault(host, {}).update(hv or {})
     for child, sub in (group.get("children") or {}).items():
-        _walk(child, sub, chain, out)
+        d["children"].add(child)
+        _collect(child, sub, defs)
 
 
 def resolve(inventory: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, set[str]]]:
-    """``(host -> merged variables, group -> hosts)``: group variables from the
-    outermost group in, host variables last (Ansible's order for a tree)."""
-    paths: dict[str, list[list[tuple[str, Mapping[str, Any]]]]] = {}
+    """``(host -> merged variables, group -> hosts)``, merged as Ansible does: groups by
+    depth below ``all`` then by name, host variables last. Groups are matched by name, so
+    ``loadgen: {children: {replayers: }}`` takes the hosts of ``replayers``."""
+    defs: dict[str, dict[str, Any]] = {}
     for name, group in inventory.items():
-        _walk(name, group, [], paths)
+        _collect(name, group, defs)
+    depth: dict[str, int] = {}
+
+    def visit(name: str, d: int, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise LayoutError(f"inventory group {name!r} contains itself")
+        depth[name] = max(depth.get(name, 0), d)
+        for child in sorted(defs[name]["children"]):
+            visit(child, d + 1, path + (name,))
+
+    for name in defs:
+        visit(name, 0, ())
+    members: dict[str, set[str]] = {}
+
+    def hosts_of(name: str) -> set[str]:
+        if name not in members:
+            out = set(defs[name]["hosts"])
+            for child in defs[name]["children"]:
+                out |= hosts_of(child)
+            members[name] = out
+        return members[name]
+
+    for name in defs:
+        hosts_of(name)
     hostvars: dict[str, dict[str, Any]] = {}
-    groups: dict[str, set[str]] = {}
-    for host, chains in paths.items():
+    for host in sorted(set().union(*members.values())):
         merged: dict[str, Any] = {}
-        for depth in range(max(len(c) for c in chains)):
-            for c in chains:
-                if depth < len(c) - 1:
-                    merged.update(c[depth][1])
-                    groups.setdefault(c[depth][0], set()).add(host)
-        for c in chains:
-            merged.update(c[-1][1])
+        for name in sorted((g for g in defs if host in members[g]), key=lambda g: (depth[g], g)):
+            merged.update(defs[name]["vars"])
+        for name in sorted(defs, key=lambda g: (depth[g], g)):
+            merged.update(defs[name]["hosts"].get(host, {}))
         hostvars[host] = merged
-    return hostvars, groups
+    return hostvars, {g: h for g, h in members.items() if h}
 
 
 def write_tsig_key(

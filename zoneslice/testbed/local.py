@@ -187,9 +187,9 @@ def ssh_command(workdir: str | os.PathLike[str], address: str, *command: str) ->
 
 
 def testbed_up(
-    servers: int = 13,
-    parts: int = 3,
-    workdir: str | os.PathLike[str] = "testbed",
+    servers: int,
+    parts: int,
+    workdir: str | os.PathLike[str],
     *,
     primary: str | None = None,
     loadgen: int = 1,
@@ -433,7 +433,7 @@ def connection_vars(wd: Path) -> dict[str, Any]:
             "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
         ),
         "ansible_control_path_dir": str(wd / "cp"),
-        "ansible_python_interpreter": sys.executable,
+        "ansible_python_interpreter": "/usr/bin/python3",
         "ansible_remote_tmp": "{{ zoneslice_root }}/.ansible-tmp",
         "zoneslice_venv": sys.prefix,
         "zoneslice_install_packages": False,
@@ -513,14 +513,14 @@ def testbed_down(workdir: str | os.PathLike[str], progress: Progress | None = No
     stubborn = netns.kill_pids(pids)
 
     say(f"removing {len(namespaces)} namespaces")
-    removed_ns = [ns for ns in namespaces if netns.netns_exists(ns)]
-    for ns in removed_ns:
-        netns.ip("netns", "del", ns, check=False)
     removed_links = []
     for link in state["host_links"]:
         if link.startswith(PREFIX) and netns.link_exists(link):
             netns.ip("link", "del", link, check=False)
             removed_links.append(link)
+    removed_ns = [ns for ns in namespaces if netns.netns_exists(ns)]
+    for ns in removed_ns:
+        netns.ip("netns", "del", ns, check=False)
 
     removed_files = []
     for entry in state["files"]:

@@ -50,8 +50,10 @@ class Options:
     max_deleg: int = 16384
     body_max: int = maps.BODY_MAX
     max_udp: int = 1232
+    max_udp6: int = 1220
     addresses: list[str] | None = None  # None: the interface's own addresses; []: any
     cookie_flags: int = 0  # maps.CF_COOKIE_* the engine is known to allow dropping
+    verify_udp_csum: bool = True  # off when clients sit behind a veth with tx checksum offload
     extra_cflags: list[str] = field(default_factory=list)
 
     def cflags(self) -> list[str]:
@@ -143,8 +145,8 @@ class HotPath:
         except ImportError as exc:
             raise XdpError(f"bcc is not importable: {exc}") from exc
         try:
-            self._bpf = BPF(src_file=str(bpf_dir() / "hot_answer.c"), cflags=self.opts.cflags())
-            self._fn = self._bpf.load_func(PROG_NAME, BPF.XDP)
+            self._bpf = BPF(src_file=str(bpf_dir() / "hot_answer.c").encode(), cflags=self.opts.cflags())
+            self._fn = self._bpf.load_func(PROG_NAME.encode(), BPF.XDP)
         except Exception as exc:  # bcc raises bare Exception
             self._bpf = None
             raise XdpError(f"could not build or load the XDP program: {exc}") from exc
@@ -218,12 +220,14 @@ class HotPath:
     def _fd(self, name: str) -> int:
         if self._bpf is None:
             raise XdpError("the XDP program is not loaded")
-        return int(self._bpf[name].map_fd)
+        return int(self._bpf[name.encode()].map_fd)
 
     def configure(self, *, enabled: bool = True) -> None:
         """Write zs_config (port, payload size, flags) and the served addresses."""
         o = self.opts
         flags = (maps.CF_ENABLED if enabled else 0) | o.cookie_flags
+        if o.verify_udp_csum:
+            flags |= maps.CF_VERIFY_CSUM
         addrs = o.addresses
         if addrs is None:
             addrs = iface_addresses(self.iface) if self.iface else []
@@ -236,7 +240,7 @@ class HotPath:
                     lb.lib().bpf_map_update_elem(self._fd("zs_addrs"), k, ct.byref(one), 0),
                     "zs_addrs update",
                 )
-        cfg = maps.Config(flags, o.port, o.max_udp)
+        cfg = maps.Config(flags, o.port, o.max_udp, o.max_udp6, 0)
         zero = ct.c_uint32(0)
         lb.check(
             lb.lib().bpf_map_update_elem(self._fd("zs_config"), ct.byref(zero), ct.byref(cfg), 0),

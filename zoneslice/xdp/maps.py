@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from zoneslice.errors import XdpError
 
 KEY_DATA = 256
-MAX_FIX = 16
+MAX_FIX = 32
 BODY_MAX = 1232
 
 V_PLAIN = 0
@@ -27,6 +27,7 @@ CF_ENABLED = 1
 CF_ADDR_FILTER = 2
 CF_COOKIE_CLIENT = 4
 CF_COOKIE_FULL = 8
+CF_VERIFY_CSUM = 16
 
 COUNTERS = (
     "answered_exact",
@@ -47,13 +48,20 @@ COUNTERS = (
     "pass_disabled",
     "err_adjust",
     "err_store",
+    "pass_checksum",
 )
 
 _LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 
 
 class Config(ct.Structure):
-    _fields_ = [("flags", ct.c_uint32), ("port", ct.c_uint16), ("max_udp", ct.c_uint16)]
+    _fields_ = [
+        ("flags", ct.c_uint32),
+        ("port", ct.c_uint16),
+        ("max_udp", ct.c_uint16),
+        ("max_udp6", ct.c_uint16),
+        ("pad", ct.c_uint16),
+    ]
 
 
 class Key(ct.Structure):
@@ -169,13 +177,3 @@ class AnswerValue:
             body[pos : pos + 2] = struct.pack("!H", 0xC000 | target)
         head = struct.pack("!6H", qid, flags, 1, self.ancount, self.nscount, self.arcount)
         return head + question + bytes(body)
-
-
-def counters_total(per_cpu: dict[int, list[int]] | list[list[int]]) -> dict[str, int]:
-    """Sum per-CPU counter rows into ``{name: total}``."""
-    rows = per_cpu.values() if isinstance(per_cpu, dict) else per_cpu
-    out = dict.fromkeys(COUNTERS, 0)
-    for idx, name in enumerate(COUNTERS):
-        for row in rows:
-            out[name] += row[idx] if idx < len(row) else 0
-    return out
