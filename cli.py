@@ -14,6 +14,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -522,10 +523,10 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
         env.err_console.print("[yellow]interrupted[/yellow]")
         return ExitStatus.INTERRUPTED
     except errors.ZonesliceError as exc:
-        env.err_console.print(f"[bold red]zoneslice {args.command}:[/bold red] {exc}", highlight=False)
+        env.err_console.print(f"[bold red]zoneslice {args.command}:[/bold red] {escape(str(exc))}", highlight=False)
         return _status_for(exc)
     except argparse.ArgumentTypeError as exc:
-        env.err_console.print(f"[bold red]zoneslice {args.command}:[/bold red] {exc}", highlight=False)
+        env.err_console.print(f"[bold red]zoneslice {args.command}:[/bold red] {escape(str(exc))}", highlight=False)
         return ExitStatus.USAGE
 
 

@@ -299,8 +299,11 @@ int zs_hot_answer(struct xdp_md *ctx)
         kz[i] = 0;
     key->data[0] = variant;
     __u32 qsum = 0;
+    /* Loop bounds are fresh loads, so that what an exit teaches the verifier
+     * about them dies with the loop and the paths after it merge. */
+    __u32 qn = RELOAD(s->qlen);
     for (__u32 i = 0; i < 255; i++) {
-        if (i >= qlen)
+        if (i >= qn)
             break;
         __u32 c = s->q[MASKED(i, 511)];
         qsum += (i & 1) ? c : (c << 8);
@@ -320,12 +323,13 @@ int zs_hot_answer(struct xdp_md *ctx)
     /* The stack drops a query whose UDP checksum is wrong; so do we. */
     if ((cfg->flags & ZS_CF_VERIFY_CSUM) && (v6 || ucheck)) {
         __u32 osum = 0;
-        __u32 olen = RELOAD(s->rem) - after;
+        __u32 ostart = RELOAD(s->qlen) + 4;
+        __u32 olen = RELOAD(s->rem) - ostart;
         for (__u32 i = 0; i < 64; i++) {
             if (i >= olen)
                 break;
-            __u32 c = s->q[MASKED(after + i, 511)];
-            osum += ((after + i) & 1) ? c : (c << 8);
+            __u32 c = s->q[MASKED(ostart + i, 511)];
+            osum += ((ostart + i) & 1) ? c : (c << 8);
         }
         __u32 vs = addr_sum + IPPROTO_UDP + ulen + ntohs(ucheck) + ulen + usrc + cfg->port
                  + hsum + qsum + osum;
@@ -382,9 +386,8 @@ int zs_hot_answer(struct xdp_md *ctx)
     __u32 bsum = ans->csum;
     if (qlen & 1)
         bsum = zs_swab16(bsum);
-    __u32 nfix = ans->nfix;
     for (int i = 0; i < ZS_MAX_FIX; i++) {
-        if (i >= nfix)
+        if (i >= RELOAD(ans->nfix))
             break;
         __u32 fp = ans->fix_pos[i];
         __u32 fv = ans->fix_val[i];

@@ -32,8 +32,12 @@ import dns.rcode
 
 def free_port(addr: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on ``addr``."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+        with (
+            socket.socket(family, socket.SOCK_DGRAM) as u,
+            socket.socket(family, socket.SOCK_STREAM) as t,
+        ):
             u.bind((addr, 0))
             port = u.getsockname()[1]
             try:
@@ -49,6 +53,8 @@ class NsdError(RuntimeError):
 
 class NsdServer:
     """Context manager: NSD answering for ``origin`` from ``zonefile`` on 127.0.0.1:<free port>.
+
+    ``addr`` may be another local address, e.g. ``"::1"``.
 
     ``extra_server`` lines are appended to the ``server:`` clause (e.g.
     ``["minimal-responses: yes"]``), ``extra_zone`` lines to the ``zone:`` clause

@@ -217,3 +217,12 @@ def test_chunk_bounds_cut_before_owner_lines(tmp_path: Path) -> None:
             assert e == s2 and data[s2 - 1 : s2] == b"\n"
             assert data[s2 : s2 + 1] not in (b" ", b"\t", b"$", b";", b"(", b")", b"\n")
             assert data[:s2].count(b"\n") + 1 == line
+
+
+def test_error_inside_an_included_file_names_that_file(tmp_path: Path) -> None:
+    (tmp_path / "inner.zone").write_text("ok A 192.0.2.1\n\nbad A 192.0.2.256\n")
+    zone = tmp_path / "z.zone"
+    zone.write_text(HEAD + "$INCLUDE inner.zone\n")
+    with pytest.raises(ZoneFileError) as info:
+        list(ZoneReader(zone))
+    assert str(info.value).startswith(f"{tmp_path / 'inner.zone'}:3: bad A rdata")

@@ -19,7 +19,8 @@ NSD behaviours kept on purpose (the differential test checks them):
   else the last "normal" type, else the last of DNSKEY/RRSIG/NSEC), no NS in
   authority; the RRsets of a node are taken in BIND dump order (SOA, NS, then
   type number), which is the order of a signed or dumped zone file;
-* glue that does not fit is left out without TC (only answer/authority set TC);
+* glue that does not fit is left out without TC (answer/authority set TC, and
+  so does a referral left without any address record);
 * the negative-answer SOA has TTL min(SOA TTL, MINIMUM), its RRSIG too;
 * CNAME chains are followed inside the zone until a loop repeats an RRset;
   DNAME synthesizes a CNAME with the DNAME's TTL (none for qtype CNAME);
@@ -27,6 +28,11 @@ NSD behaviours kept on purpose (the differential test checks them):
   REFUSED, unknown opcodes NOTIMP (header echoed, no question, no OPT),
   malformed queries FORMERR (RD kept, no question, no OPT), EDNS version > 0
   BADVERS, AXFR over UDP NOTIMP.
+
+Zone transfers: AXFR over TCP goes through :meth:`Responder.axfr` (a stream of
+messages), only to clients ``axfr_allowed`` accepts; IXFR from them gets the
+current SOA (no journal yet). UPDATE goes to ``Responder.update_handler`` when
+one is set (issue 4), NOTIMP until then.
 
 One deliberate difference: the CD bit is copied into the response (issue 3;
 NSD clears it, following RFC 4035 3.1.6). ``Responder(copy_cd=False)`` gives
@@ -57,6 +63,7 @@ from zoneslice.engine.answer import (
     RRset,
 )
 from zoneslice.engine.cache import AnswerCache, Entry
+from zoneslice.errors import StoreError
 from zoneslice.slicing import SlicePlan
 from zoneslice.store.db import connect_readonly, read_meta
 from zoneslice.store.keys import key_labels, labels_key, subtree_end
@@ -389,7 +396,7 @@ class _Ctx:
     """State of one resolution: the answer being built and what it depended on."""
 
     __slots__ = (
-        "qtype", "dnssec", "nsec3", "nsec", "class_any", "v6", "answer", "aa", "rcode",
+        "qtype", "dnssec", "nsec3", "class_any", "v6", "answer", "aa", "rcode",
         "cname_count", "deps", "subtree", "gaps", "nodes", "cuts", "synth_qname", "qrel",
         "qce_depth", "referral",
     )  # fmt: skip
@@ -398,7 +405,6 @@ class _Ctx:
         self.qtype = qtype
         self.dnssec = dnssec
         self.nsec3 = dnssec and nsec3
-        self.nsec = dnssec and not nsec3
         self.class_any = class_any
         self.v6 = v6
         self.answer = Answer()
@@ -428,6 +434,8 @@ class Resolver:
         """(Re)read what every answer uses: apex node, negative SOA, NSEC3 parameters."""
         data = self.data
         self.apex = Node((), data.origin_labels, data.rows(b""))
+        if not self.apex.has(T_SOA):
+            raise StoreError(f"slice of {data.origin}: no SOA record at the apex")
         soa = self.apex.rrset(T_SOA)
         minimum = int.from_bytes(soa.rdatas[0][-4:], "big")
         self.soa_nx = soa.with_ttl(min(soa.ttl, minimum), "nx")
@@ -924,7 +932,7 @@ class Responder:
         *,
         axfr_allowed: Callable[[str], bool] | None = None,
         copy_cd: bool = True,
-        cache_size: int = 200_000,
+        cache_size: int = 100_000,
     ) -> None:
         self.path = Path(slice_db)
         self.conn = connect_readonly(self.path)
@@ -1121,7 +1129,7 @@ class Responder:
                 else None
             )
             out = wire.header_only(q.ident, base_flags | R_REFUSED, question, ede)
-            self._store(msg, q, tcp, v6, limit, out, R_REFUSED, None)
+            self._store(msg, q, tcp, v6, out, R_REFUSED, None)
             return out
         self.counters["cache_misses"] += 1
         r = self.resolver
@@ -1145,7 +1153,7 @@ class Responder:
         self._count(ctx.rcode)
         if out[2] & 0x02:
             self.counters["truncated"] += 1
-        self._store(msg, q, tcp, v6, limit, out, ctx.rcode, ctx)
+        self._store(msg, q, tcp, v6, out, ctx.rcode, ctx)
         return out
 
     def _relative(self, labels: list[bytes]) -> tuple[bytes, ...] | None:
@@ -1179,16 +1187,16 @@ class Responder:
         q: Query,
         tcp: bool,
         v6: bool,
-        limit: int,
         out: bytes,
         rcode: int,
         ctx: _Ctx | None,
     ) -> None:
-        """Cache ``out`` when the same question would take the fast path next time."""
-        if q.tsig or ((msg[10] << 8) | msg[11]) != (1 if q.edns else 0):
+        """Cache ``out`` under the key the fast path computes for this query (if it has one)."""
+        if q.tsig:
             return
-        qname_end = q.qend - 4
-        key = msg[12:qname_end].lower() + msg[qname_end : q.qend] + _mode(q.edns, q.do, v6, limit)
+        key, _ = self._fast_key(msg, tcp, v6)
+        if key is None:
+            return
         flags = ((out[2] << 8) | out[3]) & ~(0x0100 | 0x0010)
         counts = out[4:12]
         heads = tuple(
@@ -1317,7 +1325,7 @@ class Responder:
 
     # -- cache invalidation ----------------------------------------------------------
 
-    def invalidate(self, names: Iterable[dns.name.Name] | None = None) -> None:
+    def invalidate(self, names: Iterable[dns.name.Name | str] | None = None) -> None:
         """Drop the cached answers that used data at ``names`` (None: everything).
 
         An answer is dropped when one of the names is a node it read, is at or below
@@ -1330,9 +1338,11 @@ class Responder:
             return
         keys: set[bytes] = set()
         for name in names:
-            rel = self._relative(
-                list(name.labels[:-1]) if name.is_absolute() else list(name.labels)
-            )
+            if isinstance(name, str):
+                name = dns.name.from_text(name, self.origin)
+            elif not name.is_absolute():
+                name = name.derelativize(self.origin)
+            rel = self._relative(list(name.labels[:-1]))
             if rel is not None:
                 keys.add(labels_key(rel))
         if not keys:

@@ -164,6 +164,15 @@ class _Collector:
         self.failures = [f for f in self.failures if last.get(f[0]) is f]
 
 
+def _log_error(log_path: Path) -> str:
+    """The error Ansible printed when it stopped before running any task (a YAML error, say)."""
+    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith(("[ERROR]", "ERROR!")):
+            return " | ".join(lines[i : i + 2])
+    return " | ".join(lines[-3:])
+
+
 def deploy(
     inventory: Mapping[str, Any] | str | os.PathLike[str],
     playbook_dir: str | os.PathLike[str] = PLAYBOOK_DIR,
@@ -260,8 +269,7 @@ def deploy(
     rc = int(runner.rc if runner.rc is not None else -1)
     failures = list(collector.failures)
     if rc != 0 and not failures:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-        failures.append(("", "", " | ".join(tail) or f"ansible-playbook exited {rc}"))
+        failures.append(("", "", _log_error(log_path) or f"ansible-playbook exited {rc}"))
     return DeployResult(
         rc=rc,
         status=str(runner.status),
