@@ -496,6 +496,222 @@ def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+# ---- layout / deploy / testbed (issue 7) ---------------------------------------------------------
+
+
+def _layout_table(layout, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("group", "range", "servers"):
+        table.add_column(col)
+    for g in layout.slices:
+        table.add_row(g.group, escape(g.display), ", ".join(g.servers))
+    table.add_row("primary", "whole zone", layout.primary)
+    table.add_row("replayers", "", ", ".join(h.name for h in layout.loadgens))
+    return table
+
+
+def _cmd_layout(args: argparse.Namespace, env: Environment) -> int:
+    from zoneslice.testbed.inventory import (
+        inventory_yaml,
+        make_inventory,
+        write_inventory,
+        write_tsig_key,
+    )
+    from zoneslice.testbed.layout import make_layout
+
+    layout = make_layout(args.servers, args.parts, args.primary, args.loadgen, args.manifest)
+    key = args.tsig_key
+    if key is None and args.output != "-":
+        key = write_tsig_key(Path(args.output).resolve().parent / "tsig.key")
+    inv = make_inventory(
+        layout, root_base=args.root_base, iface=args.iface, hot_size=args.hot_size,
+        tsig_key_file=key, whole_manifest=args.whole_manifest,
+    )  # fmt: skip
+    if args.output == "-":
+        env.console.print(inventory_yaml(inv), end="", markup=False, highlight=False)
+    else:
+        path = write_inventory(inv, args.output)
+        env.err_console.print(_layout_table(layout, f"{len(layout.hosts)} hosts -> {path}"))
+    return ExitStatus.OK
+
+
+def _deploy_table(hosts: dict) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for col, justify in (("host", "left"), ("task", "left"), ("ok", "right"),
+                         ("changed", "right"), ("failed", "right"), ("", "left")):  # fmt: skip
+        table.add_column(col, justify=justify)
+    for host, s in sorted(hosts.items()):
+        bad = s["failed"] or s["unreachable"]
+        state = (
+            "[red]unreachable[/red]" if s["unreachable"] else "[red]failed[/red]" if bad
+            else "[green]done[/green]" if s.get("done") else ""
+        )
+        table.add_row(
+            host, escape(s["task"][:60]), str(s["ok"]),
+            f"[yellow]{s['changed']}[/yellow]" if s["changed"] else "0",
+            f"[red]{s['failed']}[/red]" if s["failed"] else "0", state,
+        )  # fmt: skip
+    return table
+
+
+def _cmd_deploy(args: argparse.Namespace, env: Environment) -> int:
+    from rich.live import Live
+
+    from zoneslice.testbed.deploy import PLAYBOOK_DIR, deploy
+    from zoneslice.testbed.inventory import load_inventory, resolve
+
+    hostvars, _groups = resolve(load_inventory(args.inventory))
+    hosts = {
+        h: {"task": "", "ok": 0, "changed": 0, "failed": 0, "unreachable": 0} for h in hostvars
+    }
+    extravars = {}
+    for item in args.extra_vars:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"-e {item!r}: expected KEY=VALUE")
+        extravars[key] = value
+
+    with Live(_deploy_table(hosts), console=env.err_console, refresh_per_second=4) as live:
+
+        def on_event(ev) -> None:
+            s = hosts.setdefault(
+                ev.host, {"task": "", "ok": 0, "changed": 0, "failed": 0, "unreachable": 0}
+            )
+            if ev.kind == "task":
+                s["task"] = ev.task
+            elif ev.kind in ("ok", "changed"):
+                s["ok"] += 1
+                s["changed"] += ev.kind == "changed"
+            elif ev.kind == "failed" and not ev.ignored:
+                s["failed"] += 1
+            elif ev.kind == "unreachable":
+                s["unreachable"] += 1
+            live.update(_deploy_table(hosts))
+
+        result = deploy(
+            args.inventory, args.playbooks or PLAYBOOK_DIR, limit=args.limit,
+            event_handler=on_event, extravars=extravars or None,
+        )  # fmt: skip
+        for host, st in result.hosts.items():
+            hosts.setdefault(host, {"task": ""}).update(
+                ok=st.ok, changed=st.changed, failed=st.failed, unreachable=st.unreachable,
+                done=result.rc == 0,
+            )  # fmt: skip
+        live.update(_deploy_table(hosts))
+
+    env.err_console.print(
+        f"deploy: {len(result.hosts)} hosts, {result.changed} changed, {result.seconds:.1f} s; "
+        f"full log: {result.log_path}",
+        highlight=False,
+    )
+    if not result.ok:
+        host, task, message = result.failure or ("", "", result.status)
+        raise errors.DeployError(
+            f"{host or 'ansible'} failed at {task!r}: {message}" if task else message
+        )
+    if args.no_health:
+        return ExitStatus.OK
+
+    from zoneslice.testbed.health import check_health
+
+    report = check_health(args.inventory)
+    table = Table(title="health", title_justify="left")
+    for col in ("host", "check", "", "answer"):
+        table.add_column(col)
+    for c in report.checks:
+        if not c.ok or args.verbose:
+            mark = "[green]ok[/green]" if c.ok else "[red]FAIL[/red]"
+            table.add_row(c.host, c.what, mark, escape(c.detail))
+    if table.row_count:
+        env.console.print(table)
+    bad = len(report.failures)
+    env.console.print(
+        f"health: {len(report.checks) - bad}/{len(report.checks)} checks passed", highlight=False
+    )
+    for note in report.skipped:
+        env.console.print(f"[dim]skipped: {escape(note)}[/dim]")
+    return ExitStatus.OK if report.ok else ExitStatus.DEPLOY
+
+
+def _cmd_testbed(args: argparse.Namespace, env: Environment) -> int:
+    from zoneslice.testbed import local
+
+    def say(msg: str) -> None:
+        env.err_console.print(f"[bold cyan]testbed:[/bold cyan] {escape(msg)}")
+
+    if args.action == "up":
+        tb = local.testbed_up(
+            args.servers, args.parts, args.workdir, primary=args.primary, loadgen=args.loadgen,
+            manifest=args.manifest, whole_manifest=args.whole_manifest, progress=say,
+        )  # fmt: skip
+        env.err_console.print(_layout_table(tb.layout, f"{len(tb.layout.hosts)} hosts up"))
+        env.console.print(
+            f"testbed up in {tb.seconds:.1f} s; inventory {tb.inventory_path}\n"
+            f"next: zoneslice deploy --inventory {tb.inventory_path}",
+            highlight=False,
+        )
+        return ExitStatus.OK
+    if args.action == "down":
+        r = local.testbed_down(args.workdir, progress=say)
+        env.console.print(
+            f"testbed down in {r.seconds:.1f} s: {len(r.namespaces)} namespaces, "
+            f"{len(r.links)} links, {r.processes} processes, {len(r.files)} files removed",
+            highlight=False,
+        )
+        return ExitStatus.OK
+    st = local.testbed_status(args.workdir)
+    if args.json:
+        env.console.print_json(json.dumps(local.status_dict(st)))
+    else:
+        table = Table(title=f"testbed {st.workdir}: {st.state}", title_justify="left")
+        for col in ("host", "role", "address", "netns", "sshd", "ssh", "dns"):
+            table.add_column(col)
+        yes = {True: "[green]yes[/green]", False: "[red]no[/red]"}
+        for h in st.hosts:
+            table.add_row(h.name, h.role, h.address, yes[h.netns], yes[h.sshd],
+                          yes[h.ssh_port], yes[h.dns_port])  # fmt: skip
+        env.console.print(table)
+    return ExitStatus.OK if st.healthy else ExitStatus.ERROR
+
+
+def _add_layout_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--servers", type=int, default=13, help="authoritative servers ns-a ... (≤ 26)")
+    p.add_argument("--parts", type=int, default=3, help="slices (must match --manifest)")
+    p.add_argument("--primary", help="primary host name; one of the servers, or a separate host "
+                   "(default: separate host ns-primary)")
+    p.add_argument("--loadgen", type=int, default=1, help="load generators lg-1 ...")
+    p.add_argument("--manifest", help="manifest of the split the slice servers serve")
+    p.add_argument("--whole-manifest", help="manifest of a --parts 1 split, served by the primary")
+
+
+def _add_testbed_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("layout", help="write the Ansible inventory of an N-server layout")
+    _add_layout_args(p)
+    p.add_argument("-o", "--output", default="inventory.yml", help="inventory file ('-': stdout)")
+    p.add_argument("--root-base", help="per-host directories below this (default /var/lib/zoneslice)")
+    p.add_argument("--iface", default="eth0", help="interface the XDP program will attach to")
+    p.add_argument("--hot-size", type=int, default=65536, help="answers in each node's hot set")
+    p.add_argument("--tsig-key", help="TSIG key file (default: tsig.key beside the inventory, "
+                   "created when missing)")
+    p.set_defaults(func=_cmd_layout)
+
+    p = sub.add_parser("deploy", help="provision the layout with Ansible, then check its health")
+    p.add_argument("--inventory", "-i", required=True, help="inventory (zoneslice layout / testbed up)")
+    p.add_argument("--limit", help="Ansible host pattern to limit the run to")
+    p.add_argument("--playbooks", help="playbook directory (default: the one shipped)")
+    p.add_argument("-e", "--extra-vars", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-health", action="store_true", help="skip the health check")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every health check")
+    p.set_defaults(func=_cmd_deploy)
+
+    p = sub.add_parser("testbed", help="the layout on this machine: namespaces reached over SSH")
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument("--workdir", default="out/testbed", help="state, keys, inventory, host dirs")
+    _add_layout_args(p)
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.set_defaults(func=_cmd_testbed)
+
+
 # ---- parser and entry point ----------------------------------------------------------------------
 
 
@@ -510,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_PARSER_GROUPS: list = [_add_split_parsers, _add_serve_parsers, _add_trace_parsers]
+_PARSER_GROUPS: list = [_add_split_parsers, _add_serve_parsers, _add_trace_parsers, _add_testbed_parsers]
 
 
 def main(argv: list[str] | None = None, env: Environment | None = None) -> int:

@@ -322,7 +322,22 @@ def dnsperf(
     return out
 
 
-def measure(cli: Any, addr: str, port: int, queries: Path, a: argparse.Namespace) -> dict[str, Any]:
+def ns_cpu(ns: Any) -> float:
+    """CPU seconds (user + system) used so far by the processes in namespace ``ns``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in ns.pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def measure(
+    cli: Any, srv: Any, addr: str, port: int, queries: Path, a: argparse.Namespace
+) -> dict[str, Any]:
     """Warm-up passes, a closed loop for the ceiling, then fixed rates stepping down from it.
 
     The first warm-up pass is the cold-cache figure. ``sustained`` is the first fixed
@@ -331,12 +346,12 @@ def measure(cli: Any, addr: str, port: int, queries: Path, a: argparse.Namespace
     runs = []
     cold = None
     for i in range(a.warmup_passes):
-        w = _perf(cli, addr, port, queries, a, a.warmup, None, passes=1)
+        w = _perf(cli, srv, addr, port, queries, a, a.warmup, None, passes=1)
         w["mode"] = f"warm-up {i + 1}"
         runs.append(w)
         cold = cold or w
         log(f"  warm-up pass {i + 1} over the query file: {_short(w)}")
-    ceiling = _perf(cli, addr, port, queries, a, a.duration, None)
+    ceiling = _perf(cli, srv, addr, port, queries, a, a.duration, None)
     ceiling["mode"] = "closed-loop"
     runs.append(ceiling)
     log(f"  closed loop: {_short(ceiling)}")
@@ -345,7 +360,7 @@ def measure(cli: Any, addr: str, port: int, queries: Path, a: argparse.Namespace
     for _ in range(a.steps):
         if rate < 100:
             break
-        r = _perf(cli, addr, port, queries, a, a.duration, rate)
+        r = _perf(cli, srv, addr, port, queries, a, a.duration, rate)
         r["mode"] = "rate"
         runs.append(r)
         log(f"  -Q {rate}: {_short(r)}")
@@ -358,6 +373,7 @@ def measure(cli: Any, addr: str, port: int, queries: Path, a: argparse.Namespace
 
 def _perf(
     cli: Any,
+    srv: Any,
     addr: str,
     port: int,
     queries: Path,
@@ -366,7 +382,9 @@ def _perf(
     rate: int | None,
     passes: int | None = None,
 ) -> dict[str, Any]:
-    return dnsperf(
+    """One dnsperf run, plus the CPU time the server's processes used during it."""
+    cpu0 = ns_cpu(srv)
+    r = dnsperf(
         cli,
         addr,
         port,
@@ -378,6 +396,10 @@ def _perf(
         passes=passes,
         timeout=a.timeout,
     )
+    r["server_cpu_s"] = round(ns_cpu(srv) - cpu0, 3)
+    answered = r.get("answered", 0)
+    r["cpu_us_per_query"] = round(1e6 * r["server_cpu_s"] / answered, 2) if answered else None
+    return r
 
 
 def _short(r: dict[str, Any]) -> str:
@@ -385,7 +407,8 @@ def _short(r: dict[str, Any]) -> str:
     return (
         f"{r.get('qps', 0):,.0f} qps answered, sent {r['sent']}, lost {r['lost']} "
         f"({100 * r['loss']:.3f} %), latency mean {lat.get('mean', 0):.2f} ms "
-        f"sd {lat.get('stddev', 0):.2f} max {lat.get('max', 0):.1f}"
+        f"sd {lat.get('stddev', 0):.2f} max {lat.get('max', 0):.1f}; "
+        f"server CPU {r.get('server_cpu_s', 0):.1f} s = {r.get('cpu_us_per_query') or 0:.1f} us/query"
     )
 
 
@@ -500,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                 _wait_answers(cli, v.a_addr, 53, proc, 300, name)
                 results["servers"][name] = {
                     "describe": s.describe,
-                    **measure(cli, v.a_addr, 53, qfile, a),
+                    **measure(cli, srv, v.a_addr, 53, qfile, a),
                 }
                 if name == "zoneslice":
                     from zoneslice.engine.stats import read_stats
@@ -538,9 +561,10 @@ def report(res: dict[str, Any]) -> list[str]:
         f"{100 * q['nonexistent'] / q['queries']:.1f} % nonexistent; dnsperf -c {p['clients']} "
         f"-q {p['outstanding']} -t {p['timeout_s']:g}, {p['warmup_passes']} warm-up pass(es), "
         f"{p['duration_s']:.0f} s runs; sustained = highest -Q rate losing <= "
-        f"{100 * p['max_loss']:g} %",
+        f"{100 * p['max_loss']:g} %; cpu us/q = server CPU time per answered query "
+        f"(closed loop, and cold first pass)",
         f"{'server':<10} {'cold qps':>9} {'ceiling qps':>12} {'lost':>7} {'sustained':>10} "
-        f"{'lost':>6} {'mean ms':>8} {'sd ms':>7} {'max ms':>7}",
+        f"{'lost':>6} {'mean ms':>8} {'sd ms':>7} {'max ms':>7} {'cpu us/q':>9} {'cold':>6}",
     ]
     sustained: dict[str, float] = {}
     ceiling: dict[str, float] = {}
@@ -552,7 +576,8 @@ def report(res: dict[str, Any]) -> list[str]:
         out.append(
             f"{name:<10} {(cold or {}).get('qps', 0):>9,.0f} {c['qps']:>12,.0f} {c['lost']:>7} "
             f"{sustained[name]:>10,.0f} {(n or {}).get('lost', '-'):>6} "
-            f"{lat.get('mean', 0):>8.2f} {lat.get('stddev', 0):>7.2f} {lat.get('max', 0):>7.1f}"
+            f"{lat.get('mean', 0):>8.2f} {lat.get('stddev', 0):>7.2f} {lat.get('max', 0):>7.1f} "
+            f"{c.get('cpu_us_per_query') or 0:>9.1f} {(cold or {}).get('cpu_us_per_query') or 0:>6.1f}"
         )
     for other in ("nsd", "pdns"):
         if "zoneslice" in res["servers"] and other in res["servers"]:

@@ -74,20 +74,16 @@ static __always_inline __u32 rd16(const __u8 *p)
     return ((__u32)p[0] << 8) | p[1];
 }
 
-int zs_hot_answer(struct xdp_md *ctx)
+#define CONTINUE (-1)
+
+/* Phase 1: Ethernet (+VLAN), IPv4/IPv6, UDP, DNS header; the rest of the
+ * message is copied into s->q.  Only s carries anything to the next phase. */
+static __always_inline int parse_headers(struct xdp_md *ctx, struct zs_config *cfg,
+                                         struct zs_scratch *s)
 {
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
-    __u32 zero = 0;
 
-    struct zs_config *cfg = zs_config.lookup(&zero);
-    if (!cfg || !(cfg->flags & ZS_CF_ENABLED))
-        return pass(ZS_C_PASS_DISABLED);
-    struct zs_scratch *s = zs_scratch.lookup(&zero);
-    if (!s)
-        return pass(ZS_C_PASS_DISABLED);
-
-    /* ---- Ethernet, up to two VLAN tags ---- */
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > end)
         return pass(ZS_C_PASS_NOT_DNS);
@@ -106,9 +102,7 @@ int zs_hot_answer(struct xdp_md *ctx)
     if (eth->h_dest[0] & 1)
         return pass(ZS_C_PASS_ADDRESS);
 
-    /* ---- IPv4 / IPv6 ---- */
-    __u32 l4, ip_payload;
-    int v6;
+    __u32 l4, ip_payload, v6;
     struct zs_addr dst = {};
     __u32 addr_sum = 0;
     if (proto == htons(ETH_P_IP)) {
@@ -171,7 +165,6 @@ int zs_hot_answer(struct xdp_md *ctx)
         return pass(ZS_C_PASS_NOT_DNS);
     }
 
-    /* ---- UDP ---- */
     struct udphdr *udp = data + l4;
     if ((void *)(udp + 1) > end)
         return pass(ZS_C_PASS_NOT_DNS);
@@ -180,16 +173,12 @@ int zs_hot_answer(struct xdp_md *ctx)
     if (udp->source == 0)
         return pass(ZS_C_PASS_MALFORMED);
     __u32 ulen = ntohs(udp->len);
-    __u16 ucheck = udp->check;
-    __u32 usrc = ntohs(udp->source);
     if (ulen != ip_payload || ulen < 8 + 12 + 5)
         return pass(ZS_C_PASS_MALFORMED);
     if ((cfg->flags & ZS_CF_ADDR_FILTER) && !zs_addrs.lookup(&dst))
         return pass(ZS_C_PASS_ADDRESS);
 
-    /* ---- DNS header ---- */
-    __u32 dns = l4 + 8;
-    __u8 *h = data + dns;
+    __u8 *h = (__u8 *)(udp + 1);
     if ((void *)(h + 12) > end)
         return pass(ZS_C_PASS_MALFORMED);
     __u32 qflags = rd16(h + 2);
@@ -202,26 +191,40 @@ int zs_hot_answer(struct xdp_md *ctx)
     __u32 arcount = rd16(h + 10);
     if (rd16(h + 6) || rd16(h + 8) || arcount > 1)
         return pass(ZS_C_PASS_SECTIONS);
-    __u32 hsum = rd16(h) + qflags + 1 + arcount;
 
-    /* ---- question (+ OPT) into scratch ---- */
     __u32 rem = ulen - 8 - 12;
     if (rem > ZS_QMAX)
         return pass(ZS_C_PASS_SECTIONS);
-    if (bpf_xdp_load_bytes(ctx, dns + 12, s->q, rem))
+    if (bpf_xdp_load_bytes(ctx, l4 + 8 + 12, s->q, rem))
         return pass(ZS_C_PASS_MALFORMED);
+
+    s->rem = rem;
+    s->l3 = l3;
+    s->l4 = l4;
+    s->v6 = v6;
+    s->ulen = ulen;
+    s->addr_sum = addr_sum;
+    s->hsum = ntohs(udp->source) + ntohs(udp->dest) + ulen + ntohs(udp->check)
+            + rd16(h) + qflags + 1 + arcount;
+    s->has_csum = v6 || udp->check;
+    s->qflags = qflags;
+    s->arcount = arcount;
+    return CONTINUE;
+}
+
+/* Phase 2: the label structure of the qname (no compression, <= 255 octets). */
+static __always_inline int parse_qname(struct zs_scratch *s)
+{
     s->lmap[0] = 0;
     s->lmap[1] = 0;
     s->lmap[2] = 0;
     s->lmap[3] = 0;
-
     __u32 pos = 0;
-    int ended = 0;
     for (int i = 0; i < 128; i++) {
         __u32 l = s->q[MASKED(pos, 511)];
         if (l == 0) {
-            ended = 1;
-            break;
+            s->qlen = pos + 1;
+            return CONTINUE;
         }
         if (l > 63)
             return pass(ZS_C_PASS_MALFORMED);
@@ -230,30 +233,29 @@ int zs_hot_answer(struct xdp_md *ctx)
         if (pos > 254)
             return pass(ZS_C_PASS_MALFORMED);
     }
-    if (!ended)
-        return pass(ZS_C_PASS_MALFORMED);
-    /* Through the map, so that the verifier does not carry one state per length. */
-    s->qlen = pos + 1;
-    s->rem = rem;
+    return pass(ZS_C_PASS_MALFORMED);
+}
 
+/* Phase 3: type, class, and nothing or exactly one plain OPT after them. */
+static __always_inline int parse_tail(struct zs_config *cfg, struct zs_scratch *s)
+{
     __u32 qlen = RELOAD(s->qlen);
-    if (qlen > 255 || qlen + 4 > s->rem)
+    __u32 rem = RELOAD(s->rem);
+    if (qlen > 255 || qlen + 4 > rem)
         return pass(ZS_C_PASS_MALFORMED);
     __u32 qtype = rd16(&s->q[MASKED(qlen, 255)]);
     __u32 qclass = rd16(&s->q[MASKED(qlen + 2, 511)]);
     if (qclass != 1)
         return pass(ZS_C_PASS_CLASS);
-
-    /* ---- additional: nothing, or exactly one plain OPT ---- */
     __u32 after = qlen + 4;
     __u32 variant = ZS_V_PLAIN;
     __u32 limit = 512;
-    if (arcount == 0) {
-        if (s->rem != after)
+    if (RELOAD(s->arcount) == 0) {
+        if (rem != after)
             return pass(ZS_C_PASS_MALFORMED);
     } else {
         __u8 *o = &s->q[MASKED(after, 511)];
-        if (after + 11 > s->rem)
+        if (after + 11 > rem)
             return pass(ZS_C_PASS_MALFORMED);
         if (o[0] != 0 || rd16(o + 1) != T_OPT)
             return pass(ZS_C_PASS_SECTIONS);
@@ -264,7 +266,7 @@ int zs_hot_answer(struct xdp_md *ctx)
         if (eflags & 0x7fff)
             return pass(ZS_C_PASS_EDNS);
         __u32 rdlen = rd16(o + 9);
-        if (after + 11 + rdlen != s->rem)
+        if (after + 11 + rdlen != rem)
             return pass(ZS_C_PASS_MALFORMED);
         if (rdlen) {
             /* Only a COOKIE the engine is known to ignore; nothing else. */
@@ -286,24 +288,30 @@ int zs_hot_answer(struct xdp_md *ctx)
         limit = payload;
         if (limit < 512)
             limit = 512;
-        __u32 cap = v6 ? cfg->max_udp6 : cfg->max_udp;
+        __u32 cap = RELOAD(s->v6) ? cfg->max_udp6 : cfg->max_udp;
         if (limit > cap)
             limit = cap;
     }
+    s->qtype = qtype;
+    s->variant = variant;
+    s->limit = limit;
+    s->qsum = (qlen & 1) ? zs_swab16(qtype) + zs_swab16(qclass) : qtype + qclass;
+    return CONTINUE;
+}
 
-    /* ---- key: variant + reversed lower-cased qname; checksum of the question ---- */
+/* Phase 4: the key (variant + reversed lower-cased qname) and the question's checksum. */
+static __always_inline void build_key(struct zs_scratch *s)
+{
     struct zs_key *key = &s->key;
     __u64 *kz = (__u64 *)key->data;
 #pragma unroll
     for (int i = 0; i < ZS_KEY_DATA / 8; i++)
         kz[i] = 0;
-    key->data[0] = variant;
+    key->data[0] = RELOAD(s->variant);
+    __u32 qlen = RELOAD(s->qlen);
     __u32 qsum = 0;
-    /* Loop bounds are fresh loads, so that what an exit teaches the verifier
-     * about them dies with the loop and the paths after it merge. */
-    __u32 qn = RELOAD(s->qlen);
     for (__u32 i = 0; i < 255; i++) {
-        if (i >= qn)
+        if (i >= qlen)
             break;
         __u32 c = s->q[MASKED(i, 511)];
         qsum += (i & 1) ? c : (c << 8);
@@ -311,67 +319,82 @@ int zs_hot_answer(struct xdp_md *ctx)
             c += 32;
         key->data[MASKED(qlen - i, 255)] = c;
     }
-    /* Forget what the loop exit taught the verifier about qlen (one state, not 255). */
-    qlen = RELOAD(s->qlen);
-    if (qlen > 255)
-        return pass(ZS_C_PASS_MALFORMED);
-    if (qlen & 1)
-        qsum += zs_swab16(qtype) + zs_swab16(qclass);
-    else
-        qsum += qtype + qclass;
+    s->qsum += qsum;
+}
 
-    /* The stack drops a query whose UDP checksum is wrong; so do we. */
-    if ((cfg->flags & ZS_CF_VERIFY_CSUM) && (v6 || ucheck)) {
-        __u32 osum = 0;
-        __u32 ostart = RELOAD(s->qlen) + 4;
-        __u32 olen = RELOAD(s->rem) - ostart;
-        for (__u32 i = 0; i < 64; i++) {
-            if (i >= olen)
-                break;
-            __u32 c = s->q[MASKED(ostart + i, 511)];
-            osum += ((ostart + i) & 1) ? c : (c << 8);
-        }
-        __u32 vs = addr_sum + IPPROTO_UDP + ulen + ntohs(ucheck) + ulen + usrc + cfg->port
-                 + hsum + qsum + osum;
-        if (fold(vs) != 0xffff)
-            return pass(ZS_C_PASS_CHECKSUM);
-        qlen = RELOAD(s->qlen);
-        if (qlen > 255)
-            return pass(ZS_C_PASS_MALFORMED);
+/* Phase 5: the stack drops a query whose UDP checksum is wrong; so do we. */
+static __always_inline int verify_checksum(struct zs_config *cfg, struct zs_scratch *s)
+{
+    if (!(cfg->flags & ZS_CF_VERIFY_CSUM) || !RELOAD(s->has_csum))
+        return CONTINUE;
+    __u32 start = RELOAD(s->qlen) + 4;
+    __u32 olen = RELOAD(s->rem) - start;
+    __u32 osum = 0;
+    for (__u32 i = 0; i < 64; i++) {
+        if (i >= olen)
+            break;
+        __u32 c = s->q[MASKED(start + i, 511)];
+        osum += ((start + i) & 1) ? c : (c << 8);
     }
+    __u32 vs = RELOAD(s->addr_sum) + IPPROTO_UDP + RELOAD(s->ulen) + RELOAD(s->hsum)
+             + RELOAD(s->qsum) + osum;
+    if (fold(vs) != 0xffff)
+        return pass(ZS_C_PASS_CHECKSUM);
+    return CONTINUE;
+}
 
-    /* ---- lookup: exact, then the cut at or above the name ---- */
-    int kind = ZS_C_ANSWERED_EXACT;
-    __u32 cut = 0;
+/* Phase 6: exact entry, else the cut at or above the name. */
+static __always_inline struct zs_answer *lookup(struct zs_scratch *s, __u32 *cut, int *kind)
+{
+    struct zs_key *key = &s->key;
+    __u32 qtype = RELOAD(s->qtype);
+    __u32 qlen = RELOAD(s->qlen);
     key->head = qtype;
     struct zs_answer *ans = zs_exact.lookup(key);
-    if (!ans) {
-        if (qtype == 0 || qtype == T_OPT || (qtype >= 128 && qtype <= 255))
-            return pass(ZS_C_PASS_MISS);
-        key->head = (qlen + 1) * 8;
-        ans = zs_deleg.lookup(key);
-        if (!ans)
-            return pass(ZS_C_PASS_MISS);
-        __u32 dl = ans->deleg_len;
-        if (dl == 0 || dl > qlen)
-            return pass(ZS_C_PASS_MISS);
-        cut = qlen - dl;
-        if (!((s->lmap[MASKED(cut >> 6, 3)] >> (cut & 63)) & 1))
-            return pass(ZS_C_PASS_MISS);
-        if (cut == 0 && (qtype == T_DS || qtype == T_RRSIG || qtype == T_NSEC))
-            return pass(ZS_C_PASS_MISS);
-        kind = ZS_C_ANSWERED_DELEG;
-    }
+    *cut = 0;
+    *kind = ZS_C_ANSWERED_EXACT;
+    if (ans)
+        return ans;
+    if (qtype == 0 || qtype == T_OPT || (qtype >= 128 && qtype <= 255))
+        return 0;
+    if (qlen > 255)
+        return 0;
+    key->head = (qlen + 1) * 8;
+    ans = zs_deleg.lookup(key);
+    if (!ans)
+        return 0;
+    __u32 dl = ans->deleg_len;
+    if (dl == 0 || dl > qlen)
+        return 0;
+    __u32 c = qlen - dl;
+    if (!((s->lmap[MASKED(c >> 6, 3)] >> (c & 63)) & 1))
+        return 0;
+    if (c == 0 && (qtype == T_DS || qtype == T_RRSIG || qtype == T_NSEC))
+        return 0;
+    *cut = c;
+    *kind = ZS_C_ANSWERED_DELEG;
+    return ans;
+}
 
+/* Phase 7: turn the frame into the answer. */
+static __always_inline int rewrite(struct xdp_md *ctx, struct zs_scratch *s,
+                                   struct zs_answer *ans, __u32 cut)
+{
+    __u32 qlen = RELOAD(s->qlen);
+    __u32 l3 = RELOAD(s->l3);
+    __u32 l4 = RELOAD(s->l4);
+    if (qlen > 255 || l3 > 22 || l4 > 62)
+        return pass(ZS_C_ERR_STORE);
+    __u32 dns = l4 + 8;
     __u32 blen = ans->len;
     if (blen == 0 || blen > ZS_BODY_MAX)
         return pass(ZS_C_PASS_MISS);
     __u32 rlen = 12 + qlen + 4 + blen;
-    if (rlen > limit)
+    if (rlen > RELOAD(s->limit))
         return pass(ZS_C_PASS_TOO_BIG);
 
-    /* ---- rewrite: from here on the frame is ours ---- */
-    __u32 pkt = (__u32)(end - data);
+    /* From here on the frame is ours. */
+    __u32 pkt = (__u32)(ctx->data_end - ctx->data);
     int delta = (int)(dns + rlen) - (int)pkt;
     if (delta && bpf_xdp_adjust_tail(ctx, delta))
         return pass(ZS_C_ERR_ADJUST);
@@ -387,7 +410,7 @@ int zs_hot_answer(struct xdp_md *ctx)
     if (qlen & 1)
         bsum = zs_swab16(bsum);
     for (int i = 0; i < ZS_MAX_FIX; i++) {
-        if (i >= RELOAD(ans->nfix))
+        if (i >= ans->nfix)
             break;
         __u32 fp = ans->fix_pos[i];
         __u32 fv = ans->fix_val[i];
@@ -399,17 +422,15 @@ int zs_hot_answer(struct xdp_md *ctx)
             return pass(ZS_C_ERR_STORE);
     }
 
-    data = (void *)(long)ctx->data;
-    end = (void *)(long)ctx->data_end;
-    if (l3 > 22 || l4 > 62)
-        return pass(ZS_C_ERR_STORE);
-    eth = data;
-    h = data + dns;
-    if ((void *)(h + 12) > end || (void *)(eth + 1) > end)
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    __u16 *hw = data + dns;
+    if ((void *)(hw + 6) > end || (void *)(eth + 1) > end)
         return pass(ZS_C_ERR_STORE);
 
+    __u32 qflags = RELOAD(s->qflags);
     __u32 rflags = (ans->flags & ~ans->copy_mask) | (qflags & ans->copy_mask);
-    __u16 *hw = (__u16 *)h;
     hw[1] = htons(rflags);
     hw[2] = htons(1);
     hw[3] = htons(ans->ancount);
@@ -421,15 +442,15 @@ int zs_hot_answer(struct xdp_md *ctx)
     __builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
     __builtin_memcpy(eth->h_source, mac, ETH_ALEN);
 
-    __u32 ulen_new = 8 + rlen;
-    if (!v6) {
+    __u32 ulen = 8 + rlen;
+    if (!RELOAD(s->v6)) {
         struct iphdr *ip = data + l3;
         if ((void *)(ip + 1) > end)
             return pass(ZS_C_ERR_STORE);
         __be32 a = ip->saddr;
         ip->saddr = ip->daddr;
         ip->daddr = a;
-        ip->tot_len = htons(20 + ulen_new);
+        ip->tot_len = htons(20 + ulen);
         ip->ttl = 64;
         ip->id = 0;
         ip->frag_off = htons(0x4000);
@@ -447,24 +468,57 @@ int zs_hot_answer(struct xdp_md *ctx)
         struct in6_addr a = ip6->saddr;
         ip6->saddr = ip6->daddr;
         ip6->daddr = a;
-        ip6->payload_len = htons(ulen_new);
+        ip6->payload_len = htons(ulen);
         ip6->hop_limit = 64;
     }
-    udp = data + l4;
+    struct udphdr *udp = data + l4;
     if ((void *)(udp + 1) > end)
         return pass(ZS_C_ERR_STORE);
     __be16 p = udp->source;
     udp->source = udp->dest;
     udp->dest = p;
-    udp->len = htons(ulen_new);
+    udp->len = htons(ulen);
+    udp->check = 0;
 
-    __u32 sum = addr_sum + IPPROTO_UDP + ulen_new;
-    sum += ntohs(udp->source) + ntohs(udp->dest) + ulen_new;
+    __u32 sum = RELOAD(s->addr_sum) + IPPROTO_UDP + ulen;
+    sum += ntohs(udp->source) + ntohs(udp->dest) + ulen;
     sum += ntohs(hw[0]) + rflags + 1 + ans->ancount + ans->nscount + ans->arcount;
-    sum += qsum + bsum;
+    sum += RELOAD(s->qsum) + bsum;
     __u16 csum = ~fold(sum);
     udp->check = htons(csum ? csum : 0xffff);
-
-    count(kind);
     return XDP_TX;
+}
+
+int zs_hot_answer(struct xdp_md *ctx)
+{
+    __u32 zero = 0;
+    struct zs_config *cfg = zs_config.lookup(&zero);
+    if (!cfg || !(cfg->flags & ZS_CF_ENABLED))
+        return pass(ZS_C_PASS_DISABLED);
+    struct zs_scratch *s = zs_scratch.lookup(&zero);
+    if (!s)
+        return pass(ZS_C_PASS_DISABLED);
+
+    int r = parse_headers(ctx, cfg, s);
+    if (r != CONTINUE)
+        return r;
+    r = parse_qname(s);
+    if (r != CONTINUE)
+        return r;
+    r = parse_tail(cfg, s);
+    if (r != CONTINUE)
+        return r;
+    build_key(s);
+    r = verify_checksum(cfg, s);
+    if (r != CONTINUE)
+        return r;
+    __u32 cut;
+    int kind;
+    struct zs_answer *ans = lookup(s, &cut, &kind);
+    if (!ans)
+        return pass(ZS_C_PASS_MISS);
+    r = rewrite(ctx, s, ans, cut);
+    if (r == XDP_TX)
+        count(kind);
+    return r;
 }

@@ -83,7 +83,7 @@ struct zs_answer {
     __u16 ancount;
     __u16 nscount;
     __u16 arcount;
-    __u16 len;               /* body bytes: everything after the question */
+    __u16 len;               /* body octets: everything after the question */
     __u16 csum;              /* folded one's-complement sum of body, fixup words as zero */
     __u16 nfix;
     __u16 deleg_len;         /* delegation entries: wire length of the cut's name */
@@ -93,12 +93,29 @@ struct zs_answer {
     __u8 body[ZS_BODY_MAX];
 };
 
+/* Per-CPU working memory.  The parse is split in phases that hand over only
+ * through this struct: values read back from a map are unknown to the
+ * verifier, so the paths of one phase (VLAN or not, IPv4 or IPv6, EDNS or
+ * not...) merge into one state before the next phase's loops. */
 struct zs_scratch {
     struct zs_key key;
-    __u32 qlen;
-    __u32 rem;
+    __u32 qlen;              /* wire length of the qname */
+    __u32 rem;               /* octets after the DNS header */
+    __u32 l3;                /* offset of the IP header */
+    __u32 l4;                /* offset of the UDP header */
+    __u32 v6;
+    __u32 ulen;              /* UDP length of the query */
+    __u32 addr_sum;          /* one's-complement sum of both IP addresses */
+    __u32 hsum;              /* sum of the query's UDP and DNS header words */
+    __u32 qflags;
+    __u32 variant;
+    __u32 limit;             /* largest answer the client takes */
+    __u32 qtype;
+    __u32 qsum;              /* sum of the question's words (at even offset) */
+    __u32 has_csum;          /* the query carries a UDP checksum (always over IPv6) */
+    __u32 arcount;              /* arcount of the query (0 or 1) */
     __u64 lmap[4];           /* bit set at each label start offset of the qname */
-    __u8 q[ZS_QBUF + 16];    /* slack: masked indexes plus a few octets stay inside */
+    __u8 q[ZS_QBUF + 16];    /* the message after the header; slack for masked indexes */
 };
 
 #endif

@@ -32,7 +32,7 @@ from zoneslice.manifest import Manifest, SliceInfo, write_manifest
 from zoneslice.slicing import SlicePlan, label_text
 from zoneslice.store import models
 from zoneslice.store.db import open_engine
-from zoneslice.store.keys import first_label_bounds, key_labels, label_prefix
+from zoneslice.store.keys import first_label_bounds, key_labels, label_prefix, subtree_end
 from zoneslice.zonefile import ZoneReader, chunk_bounds, key_to_text
 
 ProgressFn = Callable[[int, int, int], None]
@@ -520,7 +520,15 @@ class _Splitter:
             f"  AND tkey IS NOT NULL AND NOT ({t_range}))",
             range_args + range_args,
         )
-        _Splitter._copy_cname_targets(conn, lo_key, hi_key, cols)
+        _Splitter._copy_redirect_targets(conn, lo_key, hi_key, cols)
+        wild = label_prefix(b"*") + b"\x00"
+        # The apex wildcard answers for names in every slice.
+        conn.execute(
+            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_TARGET} FROM st"
+            " WHERE rkey >= ? AND rkey < ?",
+            (wild, subtree_end(wild)),
+        )
+        _Splitter._copy_additional_context(conn, cols)
         if dnssec == "nsec":
             for key in (lo_key, label_prefix(b"*") + b"\x00"):
                 _Splitter._copy_nsec_before(conn, key, cols)
@@ -588,42 +596,76 @@ class _Splitter:
         )
 
     @staticmethod
-    def _copy_cname_targets(
+    def _copy_redirect_targets(
         conn: sqlite3.Connection, lo_key: bytes, hi_key: bytes | None, cols: str
     ) -> None:
-        """Whole nodes of in-zone CNAME targets owned elsewhere, followed to a bounded depth."""
-        outside = "NOT (tkey >= ?" + (" AND tkey < ?" if hi_key is not None else "") + ")"
-        args: tuple = (lo_key,) + ((hi_key,) if hi_key is not None else ())
-        seen: set[bytes] = set()
+        """For CNAME/DNAME targets owned by another slice: the whole subtree of the target's
+        first label (NODATA, NXDOMAIN, wildcard, referral and DNAME answers at the target
+        all need it), the NSEC before it and the sibling glue of its NS/MX/SRV RRsets,
+        followed through further redirections to a bounded depth."""
+
+        def outside(key: bytes) -> bool:
+            return key != b"" and not (key >= lo_key and (hi_key is None or key < hi_key))
+
         frontier = [
             r[0]
             for r in conn.execute(
                 "SELECT DISTINCT st.tkey FROM rr JOIN st USING (rkey, rdtype, covers, rdata)"
-                f" WHERE rr.rdtype = 5 AND st.tkey IS NOT NULL AND {outside}",
-                args,
+                " WHERE rr.rdtype IN (5, 39) AND st.tkey IS NOT NULL"
             )
         ]
+        seen: set[bytes] = set()
         for _ in range(_CNAME_DEPTH):
-            frontier = [k for k in frontier if k not in seen and k != b""]
-            if not frontier:
+            labels = {t[: t.find(b"\x00") + 1] for t in frontier if outside(t)} - seen
+            if not labels:
                 return
-            seen.update(frontier)
-            nxt: list[bytes] = []
-            for key in frontier:
+            seen |= labels
+            frontier = []
+            for lab in sorted(labels):
+                sub = (lab, subtree_end(lab))
                 conn.execute(
                     f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_TARGET} FROM st"
-                    " WHERE rkey = ?",
-                    (key,),
+                    " WHERE rkey >= ? AND rkey < ?",
+                    sub,
                 )
-                _Splitter._copy_nsec_before(conn, key + b"\x00", cols)
-                nxt.extend(
+                _Splitter._copy_nsec_before(conn, lab, cols)
+                frontier += [
                     r[0]
                     for r in conn.execute(
-                        "SELECT tkey FROM st WHERE rkey = ? AND rdtype = 5 AND tkey IS NOT NULL",
-                        (key,),
+                        "SELECT tkey FROM st WHERE rkey >= ? AND rkey < ? AND rdtype IN (5, 39)"
+                        " AND tkey IS NOT NULL",
+                        sub,
                     )
+                ]
+                conn.execute(
+                    f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_GLUE} FROM st"
+                    " WHERE rdtype IN (1, 28) AND rkey IN (SELECT tkey FROM st WHERE rkey >= ?"
+                    " AND rkey < ? AND rdtype IN (2, 15, 33) AND tkey IS NOT NULL)",
+                    sub,
                 )
-            frontier = nxt
+
+    @staticmethod
+    def _copy_additional_context(conn: sqlite3.Connection, cols: str) -> None:
+        """What answers about copied glue need: its RRSIGs (signed targets go into the
+        additional section with them) and the NS RRsets of cuts above it (no additional
+        data for MX/SRV targets below a cut)."""
+        conn.execute(
+            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_GLUE} FROM st WHERE rdtype = 46"
+            f" AND covers IN (1, 28) AND rkey IN (SELECT rkey FROM rr WHERE origin = {models.COPY_GLUE})"
+        )
+        ancestors: set[bytes] = set()
+        for (key,) in conn.execute(
+            f"SELECT DISTINCT rkey FROM rr WHERE origin = {models.COPY_GLUE}"
+        ).fetchall():
+            end = key.find(b"\x00")
+            while 0 <= end < len(key) - 1:
+                ancestors.add(key[: end + 1])
+                end = key.find(b"\x00", end + 1)
+        conn.executemany(
+            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_GLUE} FROM st"
+            " WHERE rkey = ? AND rdtype = 2",
+            ((a,) for a in sorted(ancestors)),
+        )
 
     @staticmethod
     def _copy_nsec_before(conn: sqlite3.Connection, key: bytes, cols: str) -> None:

@@ -51,6 +51,7 @@ class ZoneFacts:
         self.names: dict[bytes, dns.name.Name] = {}
         self.targets: list[tuple[bytes, dns.name.Name]] = []  # (owner key, NS/MX/SRV target)
         self.addresses: dict[bytes, set[tuple]] = defaultdict(set)
+        self.by_key: dict[bytes, set[tuple]] = defaultdict(set)
         self.nsec_owners: list[dns.name.Name] = []
         self.serial = zone.get_soa().serial
         for name, node in zone.nodes.items():
@@ -60,6 +61,7 @@ class ZoneFacts:
                 for rd in rds:
                     rec = (key, int(rds.rdtype), int(rds.covers), rd.to_wire())
                     self.records[rec] = rds.ttl
+                    self.by_key[key].add(rec)
                     if rds.rdtype in (_NS, _MX, _SRV):
                         target = rd.exchange if rds.rdtype == _MX else rd.target
                         self.targets.append((key, target))
@@ -162,6 +164,19 @@ def check_split(facts: ZoneFacts, out: Path, *, parts: int, by: str, dnssec: str
                 continue
             for rec in facts.addresses.get(name_key(target, origin), ()):
                 expected.setdefault(rec, models.COPY_GLUE)
+        # The context answers about that glue need: its RRSIGs, and the NS RRsets of the
+        # cuts above it (NSD adds no address for a target below a cut).
+        glue_keys = {rec[0] for rec, o in expected.items() if o == models.COPY_GLUE}
+        for key in glue_keys:
+            for rec in facts.by_key.get(key, ()):
+                if rec[1] == _RRSIG and rec[2] in (_A, _AAAA):
+                    expected.setdefault(rec, models.COPY_GLUE)
+            labels = key_labels(key)
+            for depth in range(1, len(labels)):
+                ancestor = name_key(dns.name.Name(tuple(labels[:depth][::-1]) + origin.labels), origin)
+                for rec in facts.by_key.get(ancestor, ()):
+                    if rec[1] == _NS:
+                        expected.setdefault(rec, models.COPY_GLUE)
         if dnssec == "nsec":
             lo, _hi = plan.range_of(i)
             first_possible = dns.name.Name((lo,) + origin.labels) if lo else origin

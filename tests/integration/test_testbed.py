@@ -1,12 +1,14 @@
 """The 13-server layout on this machine: namespaces, sshd, Ansible over SSH, real engines.
 
-testbed up (13 servers, 3 parts) -> deploy -> health check -> second deploy reports no
-change -> testbed down, with no namespace, link, process or file of the testbed left.
+testbed up (13 servers, 3 parts) -> deploy -> health check -> replay of a generated trace
+through the layout -> second deploy reports no change -> testbed down, with no namespace,
+link, process or file of the testbed left.
 Needs root, iproute2 and openssh-server; fails instead of skipping when CI is set.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import time
@@ -14,13 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from datasets.gen_trace import TraceParams, generate, names_from_manifest
 from datasets.gen_zone import generate_zone
 from zoneslice import errors
+from zoneslice.manifest import load_manifest
 from zoneslice.split import split_zone
 from zoneslice.testbed import local, netns
 from zoneslice.testbed.deploy import deploy
 from zoneslice.testbed.health import UPDATE_CHECK_SKIPPED, check_health
 from zoneslice.testbed.local import BRIDGE_NS, HOST_LINK, PREFIX, STATE
+from zoneslice.trace.partition import routed_queries
+from zoneslice.trace.replay import replay
 
 pytestmark = pytest.mark.root
 
@@ -61,6 +67,8 @@ def _assert_nothing_left(wd: Path, namespaces: list[str]) -> None:
     assert not [ns for ns in namespaces if netns.netns_exists(ns)]
     assert not netns.link_exists(HOST_LINK)
     assert not _processes_mentioning(str(wd))
+    assert not _processes_mentioning(str(local.control_dir(wd)))
+    assert not local.control_dir(wd).exists()
     leftovers = sorted(p.name for p in wd.iterdir()) if wd.exists() else []
     assert leftovers in ([], ["deploy"]), leftovers
 
@@ -126,6 +134,24 @@ def test_up_deploy_health_redeploy_down(tmp_path, zone):
         assert report.ok, report.failures
         assert len(report.checks) == 13 * 3 + 1 + 3
         assert report.skipped == [UPDATE_CHECK_SKIPPED]
+
+        t0 = time.monotonic()
+        origin, names = names_from_manifest(sliced)
+        trace = generate(
+            tmp_path / "trace.pcap", names, origin,
+            TraceParams(queries=1500, duration=2.0, seed=3, clients=200, tcp=0.0),
+        )  # fmt: skip
+        plan = load_manifest(sliced).plan
+        servers = {
+            g.index: (tb.layout.host(g.servers[-1]).address, 53) for g in tb.layout.slices
+        }
+        routed = collections.Counter(q.slice for q in routed_queries(trace.path, plan))
+        r = replay(trace.path, plan, servers, outstanding=20, timeout=2.0)
+        timings["replay"] = time.monotonic() - t0
+        assert r.sent == sum(routed.values()) > 1000
+        assert r.answered == r.sent and r.lost == 0
+        assert {x.slice: x.sent for x in r.slices} == dict(routed)
+        assert "REFUSED" not in r.rcodes and r.rcodes["NXDOMAIN"] > 0
 
         second = deploy(tb.inventory_path)
         timings["deploy 2"] = second.seconds

@@ -17,10 +17,10 @@ SCHEMA_VERSION = 1
 
 # rr.origin values: why a row is in this slice.
 OWNED = 1  # owner is in the slice's range (or is the apex)
-COPY_GLUE = 2  # address records of a name server / MX / SRV target owned by another slice
+COPY_GLUE = 2  # A/AAAA (+RRSIGs) of NS/MX/SRV targets owned by another slice, and the NS of cuts above them
 COPY_NSEC = 3  # the NSEC (and its RRSIG) covering names just before the slice's range
 COPY_NSEC3 = 4  # the zone's NSEC3 chain (and RRSIGs), carried whole by every slice
-COPY_TARGET = 5  # RRsets of an in-zone CNAME target owned by another slice
+COPY_TARGET = 5  # subtree of an in-zone CNAME/DNAME target owned by another slice; the apex wildcard
 
 metadata = MetaData()
 

@@ -14,12 +14,14 @@ testbed, including one whose ``up`` failed half-way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -49,7 +51,7 @@ BASHRC = Path("~root/.bashrc").expanduser()
 # keeps the controller's interactive shell set-up (pyenv, say: 0.3 s a command) out of
 # every Ansible task, as on a fresh host; the rest of the filesystem stays shared.
 _SSHD_START = '[ -f "$2" ] && mount --bind "$1" "$2" 2>/dev/null; exec "$3" -f "$4" -E "$5"'
-ENTRIES = ("ssh", "sshd", "hosts", "cp", INVENTORY, TSIG_KEY)
+ENTRIES = ("ssh", "sshd", "hosts", INVENTORY, TSIG_KEY)
 
 Progress = Callable[[str], None]
 
@@ -176,6 +178,12 @@ def _pid_alive(pidfile: Path) -> int | None:
     return pid if netns._alive(pid) else None
 
 
+def control_dir(wd: Path) -> Path:
+    """Where Ansible's SSH control sockets go: a short path, since a socket path must fit in
+    108 bytes (with the random suffix ssh adds) and a workdir can be deep."""
+    return Path(tempfile.gettempdir()) / f"zs-cp-{hashlib.sha1(str(wd).encode()).hexdigest()[:12]}"
+
+
 def ssh_command(workdir: str | os.PathLike[str], address: str, *command: str) -> list[str]:
     """The ssh command line that reaches a testbed host as root (for tests and humans)."""
     ssh = Path(workdir) / "ssh"
@@ -286,9 +294,13 @@ def _build(
     wd: Path, state: dict[str, Any], layout: Layout, names: dict[str, str], sshd: str,
     say: Progress,
 ) -> None:
-    for entry in ("ssh", "sshd", "hosts", "cp"):
+    for entry in ("ssh", "sshd", "hosts"):
         _record(wd, state, "files", entry)
         (wd / entry).mkdir(mode=0o700)
+    cp = control_dir(wd)
+    state["control_dir"] = str(cp)
+    _save_state(wd, state)
+    cp.mkdir(mode=0o700, exist_ok=True)
     ssh = wd / "ssh"
     say("generating SSH keys")
     for key in ("id_ed25519", "ssh_host_ed25519_key"):
@@ -432,7 +444,7 @@ def connection_vars(wd: Path) -> dict[str, Any]:
         "ansible_ssh_common_args": (
             "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
         ),
-        "ansible_control_path_dir": str(wd / "cp"),
+        "ansible_control_path_dir": str(control_dir(wd)),
         "ansible_python_interpreter": "/usr/bin/python3",
         "ansible_remote_tmp": "{{ zoneslice_root }}/.ansible-tmp",
         "zoneslice_venv": sys.prefix,
@@ -504,7 +516,8 @@ def testbed_down(workdir: str | os.PathLike[str], progress: Progress | None = No
         return DownReport([], [], 0, [], 0.0)
     netns.require_root()
     say("closing SSH connections")
-    _close_control_masters(wd / "cp")
+    cp = Path(state.get("control_dir") or control_dir(wd))
+    _close_control_masters(cp)
 
     namespaces = [ns for ns in state["namespaces"] if ns.startswith(PREFIX)]
     pids = sorted({p for ns in namespaces for p in netns.netns_pids(ns)})
@@ -532,6 +545,9 @@ def testbed_down(workdir: str | os.PathLike[str], progress: Progress | None = No
         else:
             p.unlink()
         removed_files.append(entry)
+    if cp.name.startswith("zs-cp-") and cp.is_dir():
+        shutil.rmtree(cp)
+        removed_files.append(str(cp))
     if state.get("created_privsep") and PRIVSEP_DIR.is_dir() and not _sshd_running():
         shutil.rmtree(PRIVSEP_DIR, ignore_errors=True)
 
