@@ -62,8 +62,14 @@ _STATUS_OF: list[tuple[type[errors.ZonesliceError], ExitStatus]] = [
 class Environment:
     """Consoles: results on stdout, progress and errors on stderr (as rich recommends)."""
 
-    console: Console = field(default_factory=Console)
-    err_console: Console = field(default_factory=lambda: Console(stderr=True))
+    console: Console = field(default_factory=lambda: _console())
+    err_console: Console = field(default_factory=lambda: _console(stderr=True))
+
+
+def _console(stderr: bool = False) -> Console:
+    """Wide enough for the report tables when the output is a file or a pipe (CI logs)."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=150)
 
 
 def _status_for(exc: errors.ZonesliceError) -> ExitStatus:
@@ -450,6 +456,7 @@ def _cmd_demo(args: argparse.Namespace, env: Environment) -> int:
     report = run_demo(
         args.dir, delegations=args.delegations, parts=args.parts, queries=args.queries,
         seed=args.seed, workers=args.workers, stage=stage,
+        testbed_servers=0 if args.no_testbed else args.testbed_servers,
     )
     m = report.manifest
     _print_slices(env, m, title=f"{m.origin} serial {m.serial}: {m.records_in:,} records in {m.parts} slices")
@@ -465,8 +472,17 @@ def _cmd_demo(args: argparse.Namespace, env: Environment) -> int:
     )
     servers = ", ".join(f"{i}={a}:{p}" for i, (a, p) in sorted(report.servers.items()))
     env.console.print(_replay_table(report.replay, f"Replay through the slice servers ({servers})"))
+    lost = report.replay.lost
+    if report.testbed is not None:
+        tb = report.testbed
+        env.console.print(
+            f"testbed: {tb['hosts']} hosts ({tb['servers']} servers), Ansible deploy "
+            f"{tb['deploy_seconds']} s, {tb['health_checks']} health checks passed"
+        )
+        env.console.print(_replay_table(tb["replay"], "Replay through the testbed layout"))
+        lost += tb["replay"].lost
     env.console.print(f"everything is in {report.directory}")
-    return ExitStatus.OK if report.replay.lost == 0 else ExitStatus.ERROR
+    return ExitStatus.OK if lost == 0 else ExitStatus.ERROR
 
 
 def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
@@ -493,6 +509,9 @@ def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", type=int, default=50000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="worker processes per slice server")
+    p.add_argument("--testbed-servers", type=int, default=13,
+                   help="also deploy to a local testbed of this many servers (default 13)")
+    p.add_argument("--no-testbed", action="store_true", help="skip the testbed stage")
     p.set_defaults(func=_cmd_demo)
 
 

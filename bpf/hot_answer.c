@@ -52,6 +52,12 @@ static __always_inline int pass(int reason)
     return XDP_PASS;
 }
 
+static __always_inline int drop(int reason)
+{
+    count(reason);
+    return XDP_DROP;
+}
+
 /* An index masked in a way the compiler cannot drop: the verifier sees the bound. */
 #define MASKED(x, m) ({ __u64 __v = (x); asm volatile("%0 &= " #m : "+r"(__v)); __v; })
 
@@ -387,24 +393,51 @@ static __always_inline int rewrite(struct xdp_md *ctx, struct zs_scratch *s,
         return pass(ZS_C_ERR_STORE);
     __u32 dns = l4 + 8;
     __u32 blen = ans->len;
-    if (blen == 0 || blen > ZS_BODY_MAX)
+    if (blen > ZS_BODY_MAX)
         return pass(ZS_C_PASS_MISS);
     __u32 rlen = 12 + qlen + 4 + blen;
     if (rlen > RELOAD(s->limit))
         return pass(ZS_C_PASS_TOO_BIG);
 
-    /* From here on the frame is ours. */
+    /* Make room.  Drivers with page-sized frames have tailroom; a veth in
+     * native mode hands over the sender's skb, which may not, so grow at the
+     * front (the XDP headroom) and move headers and question there. */
     __u32 pkt = (__u32)(ctx->data_end - ctx->data);
     int delta = (int)(dns + rlen) - (int)pkt;
-    if (delta && bpf_xdp_adjust_tail(ctx, delta))
-        return pass(ZS_C_ERR_ADJUST);
+    __u32 shift = 0;
+    if (delta < 0) {
+        if (bpf_xdp_adjust_tail(ctx, delta))
+            return pass(ZS_C_ERR_ADJUST);
+    } else if (delta > 0 && bpf_xdp_adjust_tail(ctx, delta)) {
+        if (bpf_xdp_adjust_head(ctx, -delta) == 0) {
+            shift = delta;
+        } else {
+            if (delta <= ZS_HEAD_GROW || bpf_xdp_adjust_head(ctx, -ZS_HEAD_GROW))
+                return pass(ZS_C_ERR_ADJUST);
+            if (bpf_xdp_adjust_tail(ctx, delta - ZS_HEAD_GROW)) {
+                bpf_xdp_adjust_head(ctx, ZS_HEAD_GROW);
+                return pass(ZS_C_ERR_ADJUST);
+            }
+            shift = ZS_HEAD_GROW;
+        }
+    }
+    /* From here on the frame is ours: a failure drops it rather than pass garbage up. */
     __u32 body = dns + 12 + qlen + 4;
+    if (shift) {
+        __u64 keep = body;
+        asm volatile("" : "+r"(keep));
+        if (keep < 1 || keep > ZS_QBUF)
+            return drop(ZS_C_ERR_STORE);
+        if (bpf_xdp_load_bytes(ctx, shift, s->frame, keep) ||
+            bpf_xdp_store_bytes(ctx, 0, s->frame, keep))
+            return drop(ZS_C_ERR_STORE);
+    }
     __u64 n = ans->len;
     asm volatile("" : "+r"(n));
-    if (n < 1 || n > ZS_BODY_MAX)
-        return pass(ZS_C_ERR_STORE);
-    if (bpf_xdp_store_bytes(ctx, body, ans->body, n))
-        return pass(ZS_C_ERR_STORE);
+    if (n > ZS_BODY_MAX)
+        return drop(ZS_C_ERR_STORE);
+    if (n && bpf_xdp_store_bytes(ctx, body, ans->body, n))
+        return drop(ZS_C_ERR_STORE);
 
     __u32 bsum = ans->csum;
     if (qlen & 1)
@@ -419,7 +452,7 @@ static __always_inline int rewrite(struct xdp_md *ctx, struct zs_scratch *s,
         bsum += ((qlen + fp) & 1) ? zs_swab16(ptr) : ptr;
         __u16 be = htons(ptr);
         if (bpf_xdp_store_bytes(ctx, body + fp, &be, 2))
-            return pass(ZS_C_ERR_STORE);
+            return drop(ZS_C_ERR_STORE);
     }
 
     void *data = (void *)(long)ctx->data;
@@ -427,7 +460,7 @@ static __always_inline int rewrite(struct xdp_md *ctx, struct zs_scratch *s,
     struct ethhdr *eth = data;
     __u16 *hw = data + dns;
     if ((void *)(hw + 6) > end || (void *)(eth + 1) > end)
-        return pass(ZS_C_ERR_STORE);
+        return drop(ZS_C_ERR_STORE);
 
     __u32 qflags = RELOAD(s->qflags);
     __u32 rflags = (ans->flags & ~ans->copy_mask) | (qflags & ans->copy_mask);
@@ -446,7 +479,7 @@ static __always_inline int rewrite(struct xdp_md *ctx, struct zs_scratch *s,
     if (!RELOAD(s->v6)) {
         struct iphdr *ip = data + l3;
         if ((void *)(ip + 1) > end)
-            return pass(ZS_C_ERR_STORE);
+            return drop(ZS_C_ERR_STORE);
         __be32 a = ip->saddr;
         ip->saddr = ip->daddr;
         ip->daddr = a;
@@ -464,7 +497,7 @@ static __always_inline int rewrite(struct xdp_md *ctx, struct zs_scratch *s,
     } else {
         struct ipv6hdr *ip6 = data + l3;
         if ((void *)(ip6 + 1) > end)
-            return pass(ZS_C_ERR_STORE);
+            return drop(ZS_C_ERR_STORE);
         struct in6_addr a = ip6->saddr;
         ip6->saddr = ip6->daddr;
         ip6->daddr = a;
@@ -473,7 +506,7 @@ static __always_inline int rewrite(struct xdp_md *ctx, struct zs_scratch *s,
     }
     struct udphdr *udp = data + l4;
     if ((void *)(udp + 1) > end)
-        return pass(ZS_C_ERR_STORE);
+        return drop(ZS_C_ERR_STORE);
     __be16 p = udp->source;
     udp->source = udp->dest;
     udp->dest = p;

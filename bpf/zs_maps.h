@@ -24,6 +24,7 @@
 #define ZS_MAX_FIX 32
 #define ZS_QBUF 512          /* scratch copy of the message after the header */
 #define ZS_QMAX 320          /* longest question + OPT the program looks at */
+#define ZS_HEAD_GROW 192     /* growth at the front when the tail has too little room */
 
 #define ZS_V_PLAIN 0         /* no OPT in the query */
 #define ZS_V_EDNS 1          /* OPT, DO clear */
@@ -116,6 +117,7 @@ struct zs_scratch {
     __u32 arcount;              /* arcount of the query (0 or 1) */
     __u64 lmap[4];           /* bit set at each label start offset of the qname */
     __u8 q[ZS_QBUF + 16];    /* the message after the header; slack for masked indexes */
+    __u8 frame[ZS_QBUF];     /* headers + question, when the answer grows at the front */
 };
 
 #endif

@@ -39,6 +39,7 @@ class DemoReport:
     replay: Any
     servers: dict[int, tuple[str, int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    testbed: dict[str, Any] | None = None
 
 
 def _free_port() -> int:
@@ -109,9 +110,15 @@ def run_demo(
     queries: int = 50000,
     seed: int = 1,
     workers: int = 1,
+    testbed_servers: int = 0,
     stage: StageFn | None = None,
 ) -> DemoReport:
-    """Generate, split, serve, replay, report; every server is stopped before returning."""
+    """Generate, split, serve, replay, report; every server is stopped before returning.
+
+    With ``testbed_servers`` (e.g. 13) the same slices are then deployed with Ansible to
+    a local testbed of that many servers in network namespaces, health-checked, replayed
+    through, and the testbed is taken down again.
+    """
     from dataclasses import asdict
 
     from datasets.gen_trace import TraceParams, generate, names_from_zone
@@ -156,8 +163,14 @@ def run_demo(
         seconds["replay"] = time.monotonic() - t
     finally:
         stop_servers(procs)
+    testbed = None
+    if testbed_servers:
+        testbed = _testbed_stage(
+            out, zonefile, result.manifest_path, trace, testbed_servers, parts, say, seconds
+        )
     return DemoReport(
         directory=out,
+        testbed=testbed,
         zone=asdict(zstats),
         split={
             "seconds": round(result.seconds, 3),
@@ -171,3 +184,58 @@ def run_demo(
         servers=servers,
         seconds=seconds,
     )
+
+
+def _testbed_stage(
+    out: Path,
+    zonefile: Path,
+    manifest_path: Path,
+    trace: Path,
+    servers: int,
+    parts: int,
+    say: StageFn,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """testbed up -> Ansible deploy -> health check -> replay through the layout -> down."""
+    from zoneslice.errors import DeployError
+    from zoneslice.manifest import load_manifest
+    from zoneslice.split import split_zone
+    from zoneslice.testbed import local
+    from zoneslice.testbed.deploy import deploy
+    from zoneslice.testbed.health import check_health
+    from zoneslice.trace.replay import replay
+
+    whole = split_zone(zonefile, 1, out / "com.whole").manifest_path
+    workdir = out / "testbed"
+    local.testbed_down(workdir)
+    t = time.monotonic()
+    say(f"building the local testbed: {servers} servers in network namespaces with sshd")
+    try:
+        tb = local.testbed_up(servers, parts, workdir, manifest=manifest_path, whole_manifest=whole)
+        seconds["testbed_up"] = time.monotonic() - t
+        say("deploying with Ansible (ansible-runner over SSH)")
+        result = deploy(tb.inventory_path)
+        seconds["deploy"] = result.seconds
+        if not result.ok:
+            raise DeployError(f"deploy failed: {result.failure} (log: {result.log_path})")
+        say("health check: every slice server answers its SOA and refuses other slices")
+        health = check_health(tb.inventory_path)
+        if not health.ok:
+            raise DeployError(f"health check failed: {health.failures[:3]}")
+        say("replaying the trace through the layout (one server per slice)")
+        plan = load_manifest(manifest_path).plan
+        targets = {g.index: (tb.layout.host(g.servers[0]).address, 53) for g in tb.layout.slices}
+        t = time.monotonic()
+        rep = replay(trace, plan, targets, mode="closed-loop", outstanding=20, timeout=2.0, limit=20000)
+        seconds["testbed_replay"] = time.monotonic() - t
+    finally:
+        say("taking the testbed down")
+        local.testbed_down(workdir)
+    return {
+        "servers": servers,
+        "hosts": len(tb.layout.hosts),
+        "deploy_seconds": round(result.seconds, 1),
+        "health_checks": len(health.checks),
+        "targets": {i: f"{a}:{p}" for i, (a, p) in targets.items()},
+        "replay": rep,
+    }

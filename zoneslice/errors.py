@@ -77,3 +77,11 @@ class ToolMissing(ZonesliceError):
 
 class CaptureFormatError(TraceError):
     """The file is not a pcap or pcapng capture."""
+
+
+class JournalError(StoreError):
+    """The journal of a slice database is unreadable or inconsistent."""
+
+
+class KeyFileError(ZonesliceError):
+    """The TSIG key file is missing or malformed."""

@@ -85,7 +85,9 @@ def test_every_entry_answers_its_own_query(prog, ref, zone):
         qn = e.name.to_wire()
         if e.kind == "deleg":
             qn = b"\x03WwW" + qn
-        q = E.make_query(E.mixed_case(qn, rnd), e.qtype or 1, e.variant, qid=rnd.randrange(65536), flags=0x0100)
+        q = E.make_query(
+            E.mixed_case(qn, rnd), e.qtype or 1, e.variant, qid=rnd.randrange(65536), flags=0x0100
+        )
         fr = frames.udp_frame(CLIENT4, SERVER4, 40000, 53, q)
         res = testrun.run(prog.prog_fd, fr)
         assert res.action == testrun.XDP_TX, f"{e} not answered"
@@ -120,7 +122,14 @@ def test_equivalence_random_queries(prog, ref, zone):
 
 
 def _hot_query(zone, variant=maps.V_PLAIN, qtype=1, payload=1232, options=b"") -> bytes:
-    return E.make_query(b"\x03www" + zone.cuts[0].to_wire(), qtype, variant, qid=0x1234, payload=payload, options=options)
+    return E.make_query(
+        b"\x03www" + zone.cuts[0].to_wire(),
+        qtype,
+        variant,
+        qid=0x1234,
+        payload=payload,
+        options=options,
+    )
 
 
 def _ip4_fix(frame: bytes) -> bytes:
@@ -153,14 +162,36 @@ def _cases(zone):
     yield "pass_not_dns", _set(base, 12, b"\x08\x06")  # ARP
     yield "pass_fragment", _ip4_fix(_set(base, 20, b"\x20\x00"))  # MF
     yield "pass_fragment", _ip4_fix(_set(base, 20, b"\x00\x10"))  # offset
-    opt4 = base[:14] + bytes([0x46]) + base[15:16] + struct.pack("!H", 24 + 8 + len(q)) + base[18:34] + b"\x01\x01\x01\x00" + base[34:]
+    opt4 = (
+        base[:14]
+        + bytes([0x46])
+        + base[15:16]
+        + struct.pack("!H", 24 + 8 + len(q))
+        + base[18:34]
+        + b"\x01\x01\x01\x00"
+        + base[34:]
+    )
     yield "pass_ip_options", _ip4_fix(opt4)
     yield "pass_address", _set(base, 0, b"\x01\x00\x5e\x00\x00\xfb")
     yield "pass_address", frames.udp_frame(CLIENT4, "224.0.0.251", 5353, 53, q)
     yield "pass_malformed", _set(base, 24, b"\x12\x34")  # IPv4 header checksum
     yield "pass_malformed", _v4(q + b"\0")  # trailing octet
     yield "pass_malformed", _v4(q[:12] + b"\x03www\xc0\x0c\x00\x01\x00\x01")  # pointer in qname
-    yield "pass_malformed", _v4(q[:12] + b"\x3f" + b"a" * 63 + b"\x3f" + b"b" * 63 + b"\x3f" + b"c" * 63 + b"\x3f" + b"d" * 63 + b"\x00\x00\x01\x00\x01")
+    yield (
+        "pass_malformed",
+        _v4(
+            q[:12]
+            + b"\x3f"
+            + b"a" * 63
+            + b"\x3f"
+            + b"b" * 63
+            + b"\x3f"
+            + b"c" * 63
+            + b"\x3f"
+            + b"d" * 63
+            + b"\x00\x00\x01\x00\x01"
+        ),
+    )
     yield "pass_opcode", _v4(_dns_flags(q, 5 << 11))
     yield "pass_opcode", _v4(_dns_flags(q, 4 << 11))
     yield "pass_flags", _v4(_dns_flags(q, 0x8000))
@@ -171,14 +202,20 @@ def _cases(zone):
     yield "pass_sections", _v4(qe[:10] + b"\x00\x02" + qe[12:] + qe[-11:])
     tsig = b"\x03key\x00\x00\xfa\x00\xff\x00\x00\x00\x00\x00\x00"
     yield "pass_sections", _v4(q[:10] + b"\x00\x01" + q[12:] + tsig)
-    yield "pass_sections", _v4(q[:6] + b"\x00\x01" + q[8:] + b"\x00\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00")
+    yield (
+        "pass_sections",
+        _v4(q[:6] + b"\x00\x01" + q[8:] + b"\x00\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00"),
+    )
     yield "pass_edns", _v4(qe[:-5] + b"\x01" + qe[-4:])  # version 1
     yield "pass_edns", _v4(qe[:-6] + b"\x01" + qe[-5:])  # extended rcode bits
     yield "pass_edns", _v4(_hot_query(zone, maps.V_EDNS, options=b"\x00\x03\x00\x00"))  # NSID
     yield "pass_edns", _v4(qe[:-4] + b"\x00\x01" + qe[-2:])  # Z flag
     yield "pass_class", _v4(q[:-2] + b"\x00\x03")
     yield "pass_miss", _v4(E.make_query(b"\x07unknown\x03org\x00", 1))
-    yield "pass_miss", _v4(E.make_query(zone.cuts[25].to_wire(), 43))  # DS at a cut (no exact entry)
+    yield (
+        "pass_miss",
+        _v4(E.make_query(zone.cuts[25].to_wire(), 43)),
+    )  # DS at a cut (no exact entry)
     yield "pass_miss", _v4(E.make_query(b"\x03www" + zone.cuts[0].to_wire(), 255))  # ANY
     yield "answered_deleg", frames.udp_frame("fd00:53::2", "fd00:53::1", 40000, 53, q, vlan=3)
 
@@ -197,14 +234,27 @@ def test_pass_reasons(prog, ref, zone):
 def test_too_big_and_disabled(prog, ref, zone):
     """An answer larger than the client's buffer (512, or its EDNS size) is left to the engine."""
     name = b"\x06toobig\x07invalid\x00"
-    body = b"\xc0\x0c\x00\x10\x00\x01\x00\x00\x00\x3c\x02\x59" + bytes([255]) + b"t" * 255 + bytes([255]) + b"u" * 255 + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+    body = (
+        b"\xc0\x0c\x00\x10\x00\x01\x00\x00\x00\x3c\x02\x59"
+        + bytes([255])
+        + b"t" * 255
+        + bytes([255])
+        + b"u" * 255
+        + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+    )
     value = maps.AnswerValue(0x8400, 0x0100, 1, 0, 1, body)
     key = maps.exact_key(name, 16, maps.V_EDNS)
     prog.load([("exact", key, value.pack())])
     try:
-        for payload, verdict in ((512, testrun.XDP_PASS), (600, testrun.XDP_TX), (100, testrun.XDP_PASS)):
+        for payload, verdict in (
+            (512, testrun.XDP_PASS),
+            (600, testrun.XDP_TX),
+            (100, testrun.XDP_PASS),
+        ):
             before = _count(prog)
-            res = testrun.run(prog.prog_fd, _v4(E.make_query(name, 16, maps.V_EDNS, payload=payload)))
+            res = testrun.run(
+                prog.prog_fd, _v4(E.make_query(name, 16, maps.V_EDNS, payload=payload))
+            )
             assert res.action == verdict, payload
             if verdict == testrun.XDP_PASS:
                 assert _count(prog)["pass_too_big"] == before["pass_too_big"] + 1

@@ -76,10 +76,16 @@ def build_slice(d: Path, delegations: int = 2000, sign: str | None = "nsec") -> 
     meta = read_meta(conn)
     origin = dns.name.from_text(meta["origin"])
     cut_keys = {
-        k for (k,) in conn.execute("SELECT DISTINCT rkey FROM rr WHERE rdtype = 2 AND origin = 1 AND rkey != x''")
+        k
+        for (k,) in conn.execute(
+            "SELECT DISTINCT rkey FROM rr WHERE rdtype = 2 AND origin = 1 AND rkey != x''"
+        )
     }
     addr_keys = {
-        k for (k,) in conn.execute("SELECT DISTINCT rkey FROM rr WHERE rdtype IN (1, 28) AND origin = 1")
+        k
+        for (k,) in conn.execute(
+            "SELECT DISTINCT rkey FROM rr WHERE rdtype IN (1, 28) AND origin = 1"
+        )
     }
     conn.close()
     cuts = sorted(key_name(k, origin) for k in cut_keys)
@@ -117,7 +123,9 @@ def udp_respond(addr: str, port: int) -> Respond:
     return respond
 
 
-def hot_entries(respond: Respond, sl: Slice, n_cuts: int = 150) -> tuple[list[E.Entry], E.EntryBuilder]:
+def hot_entries(
+    respond: Respond, sl: Slice, n_cuts: int = 150
+) -> tuple[list[E.Entry], E.EntryBuilder]:
     """Delegation entries for the first ``n_cuts`` cuts, exact entries for apex data and misses."""
     b = E.EntryBuilder(respond)
     out: list[E.Entry] = []
@@ -144,7 +152,9 @@ def random_query(rnd: random.Random, sl: Slice) -> bytes:
     if k < 0.45:
         name = rnd.choice(sl.cuts[:170])
         for _ in range(rnd.choice([0, 0, 1, 1, 2, 3])):
-            name = dns.name.Name((rnd.choice([b"www", b"mail", b"a-b", b"x" * rnd.randrange(1, 64)]),) + name.labels)
+            name = dns.name.Name(
+                (rnd.choice([b"www", b"mail", b"a-b", b"x" * rnd.randrange(1, 64)]),) + name.labels
+            )
     elif k < 0.6:
         name = rnd.choice(sl.glue[:60] or [sl.origin])
     elif k < 0.7:
@@ -167,7 +177,9 @@ def random_query(rnd: random.Random, sl: Slice) -> bytes:
     if variant != maps.V_PLAIN and rnd.random() < 0.2:
         c = os.urandom(rnd.choice([8, 24]))
         opts = struct.pack("!HH", 10, len(c)) + c
-    return E.make_query(qn, qt, variant, qid=rnd.randrange(65536), flags=flags, payload=payload, options=opts)
+    return E.make_query(
+        qn, qt, variant, qid=rnd.randrange(65536), flags=flags, payload=payload, options=opts
+    )
 
 
 def frame_for(rnd: random.Random, wire: bytes, port: int = 53) -> bytes:

@@ -64,7 +64,10 @@ def variant_of(edns: bool, do: bool) -> int:
 
 
 def opt_record(payload: int = EDNS_PAYLOAD, do: bool = False, options: bytes = b"") -> bytes:
-    return struct.pack("!BHHBBHH", 0, T_OPT, payload, 0, 0, 0x8000 if do else 0, len(options)) + options
+    return (
+        struct.pack("!BHHBBHH", 0, T_OPT, payload, 0, 0, 0x8000 if do else 0, len(options))
+        + options
+    )
 
 
 def make_query(
@@ -226,7 +229,7 @@ class EntryBuilder:
     def _value(self, qname: bytes, qtype: int, variant: int, deleg: bool) -> maps.AnswerValue:
         base_q = make_query(qname, qtype, variant)
         base = self._ask(base_q)
-        if len(base.body) > self.body_max or not base.body:
+        if len(base.body) > self.body_max:
             raise NotCacheable(f"body of {len(base.body)} octets")
         an, ns, ar = base.counts
         fix: list[tuple[int, int]] = []
@@ -258,18 +261,26 @@ class EntryBuilder:
         if resp != mine:
             raise NotCacheable("a probe's answer differs from the one the program would send")
 
-    def exact(self, name: dns.name.Name, qtype: int, variants: Iterable[int] = maps.VARIANTS) -> list[Entry]:
+    def exact(
+        self, name: dns.name.Name, qtype: int, variants: Iterable[int] = maps.VARIANTS
+    ) -> list[Entry]:
         """Exact entries for (name, qtype), one per variant the engine answers cacheably."""
         wire = name.canonicalize().to_wire()
         out = []
         for v in variants:
             try:
-                out.append(Entry("exact", name.canonicalize(), qtype, v, self._value(wire, qtype, v, False)))
+                out.append(
+                    Entry(
+                        "exact", name.canonicalize(), qtype, v, self._value(wire, qtype, v, False)
+                    )
+                )
             except NotCacheable as exc:
                 self._reject(str(exc))
         return out
 
-    def delegation(self, cut: dns.name.Name, variants: Iterable[int] = maps.VARIANTS) -> list[Entry]:
+    def delegation(
+        self, cut: dns.name.Name, variants: Iterable[int] = maps.VARIANTS
+    ) -> list[Entry]:
         """Delegation entries for the cut ``cut``, one per variant, each checked with probes."""
         cut = cut.canonicalize()
         wire = cut.to_wire()
@@ -279,11 +290,17 @@ class EntryBuilder:
                 value = self._value(wire, dns.rdatatype.A, v, True)
                 for i in range(self.probes):
                     child = self._child(wire, i)
-                    for qname, qtype in ((child, dns.rdatatype.A), (wire, dns.rdatatype.NS), (child, dns.rdatatype.DS)):
+                    for qname, qtype in (
+                        (child, dns.rdatatype.A),
+                        (wire, dns.rdatatype.NS),
+                        (child, dns.rdatatype.DS),
+                    ):
                         if len(qname) > 255:
                             continue
                         qname = mixed_case(qname, self.rnd)
-                        q = make_query(qname, qtype, v, qid=self.rnd.randrange(65536), flags=FLAG_RD)
+                        q = make_query(
+                            qname, qtype, v, qid=self.rnd.randrange(65536), flags=FLAG_RD
+                        )
                         self._check(value, q, len(qname) - len(wire))
                 out.append(Entry("deleg", cut, None, v, value))
             except NotCacheable as exc:
@@ -305,14 +322,19 @@ def cookie_flags(respond: Respond, qname: bytes, qtype: int) -> int:
     if plain is None:
         return 0
     client = b"\x01\x02\x03\x04\x05\x06\x07\x08"
-    for bit, cookie in ((maps.CF_COOKIE_CLIENT, client), (maps.CF_COOKIE_FULL, client + bytes(range(16)))):
+    for bit, cookie in (
+        (maps.CF_COOKIE_CLIENT, client),
+        (maps.CF_COOKIE_FULL, client + bytes(range(16))),
+    ):
         opt = struct.pack("!HH", O_COOKIE, len(cookie)) + cookie
         if respond(make_query(qname, qtype, maps.V_EDNS, options=opt)) == plain:
             flags |= bit
     return flags
 
 
-def packed(entries: Iterable[Entry], body_max: int = maps.BODY_MAX) -> Iterator[tuple[str, bytes, bytes]]:
+def packed(
+    entries: Iterable[Entry], body_max: int = maps.BODY_MAX
+) -> Iterator[tuple[str, bytes, bytes]]:
     """(kind, key, value) triples for HotPath.load."""
     for e in entries:
         yield e.packed(body_max)

@@ -43,3 +43,22 @@ meta = Table(
     Column("key", Text, primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# One row per applied UPDATE (or group of them): the IXFR changeset from
+# ``serial_from`` to ``serial_to``. ``soa_from``/``soa_to`` are SOA rdata;
+# ``deleted``/``added`` are concatenated uncompressed RRs (owner, type, class,
+# TTL, rdlength, rdata) in the order IXFR sends them. ``seq`` orders the rows
+# whatever the serials do across a wrap (RFC 1982).
+journal = Table(
+    "journal",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("serial_from", Integer, nullable=False),
+    Column("serial_to", Integer, nullable=False),
+    Column("soa_from", LargeBinary, nullable=False),
+    Column("soa_to", LargeBinary, nullable=False),
+    Column("deleted", LargeBinary, nullable=False),
+    Column("added", LargeBinary, nullable=False),
+    Column("stamp", Integer, nullable=False),
+)
+Index("ix_journal_from", journal.c.serial_from)

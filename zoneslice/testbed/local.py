@@ -521,7 +521,10 @@ def testbed_down(workdir: str | os.PathLike[str], progress: Progress | None = No
 
     namespaces = [ns for ns in state["namespaces"] if ns.startswith(PREFIX)]
     pids = sorted({p for ns in namespaces for p in netns.netns_pids(ns)})
-    pids += [p for p in state.get("sshd_pids", {}).values() if p not in pids and netns._alive(p)]
+    pids += [
+        p for p in state.get("sshd_pids", {}).values()
+        if p not in pids and netns._alive(p) and _cmdline_mentions(p, str(wd / "sshd"))
+    ]  # fmt: skip
     say(f"stopping {len(pids)} processes")
     stubborn = netns.kill_pids(pids)
 
@@ -563,6 +566,14 @@ def testbed_down(workdir: str | os.PathLike[str], progress: Progress | None = No
         except OSError:
             pass
     return DownReport(removed_ns, removed_links, len(pids), removed_files, time.monotonic() - t0)
+
+
+def _cmdline_mentions(pid: int, needle: str) -> bool:
+    """Guards against killing a recycled pid: ours name a file of the testbed."""
+    try:
+        return needle.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _sshd_running() -> bool:

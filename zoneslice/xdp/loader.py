@@ -14,12 +14,13 @@ period: a concurrent reader sees the old or the new answer, never a mix.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import os
 import re
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ def iface_addresses(iface: str) -> list[str]:
     """IPv4 and IPv6 addresses configured on ``iface`` (from /proc and ioctl-free sources)."""
     out: list[str] = []
     try:
-        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+        for line in Path("/proc/thread-self/net/if_inet6").read_text().splitlines():
             parts = line.split()
             if len(parts) >= 6 and parts[5] == iface:
                 out.append(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(parts[0])))
@@ -105,6 +106,41 @@ def iface_addresses(iface: str) -> list[str]:
     return out
 
 
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def in_netns(name: str | None) -> Iterator[None]:
+    """Run the block in network namespace ``name`` (this thread only); None: stay where we are.
+
+    Netlink (attach, detach, interface lookups) and sockets opened or processes
+    forked inside the block belong to that namespace; maps and programs do not care.
+    """
+    if not name:
+        yield
+        return
+    libc = ct.CDLL(None, use_errno=True)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    except OSError as exc:
+        os.close(home)
+        raise XdpError(f"no network namespace {name!r}: {exc}") from exc
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            raise XdpError(
+                f"cannot enter network namespace {name!r}: {os.strerror(ct.get_errno())}"
+            )
+        try:
+            yield
+        finally:
+            if libc.setns(home, CLONE_NEWNET) != 0:
+                raise XdpError(f"cannot return from network namespace {name!r}")
+    finally:
+        os.close(target)
+        os.close(home)
+
+
 def _addr_key(addr: str) -> bytes:
     if ":" in addr:
         return socket.inet_pton(socket.AF_INET6, addr)
@@ -115,11 +151,17 @@ class HotPath:
     """The hot-answer XDP program on one interface (or unattached, for PROG_TEST_RUN)."""
 
     def __init__(
-        self, iface: str | None = None, *, mode: str = "auto", options: Options | None = None
+        self,
+        iface: str | None = None,
+        *,
+        mode: str = "auto",
+        options: Options | None = None,
+        netns: str | None = None,
     ) -> None:
         if mode not in MODES:
             raise XdpError(f"XDP mode {mode!r} is not one of {', '.join(MODES)}")
         self.iface = iface
+        self.netns = netns
         self.mode = mode
         self.opts = options or Options()
         self.attached_mode: str | None = None
@@ -145,7 +187,9 @@ class HotPath:
         except ImportError as exc:
             raise XdpError(f"bcc is not importable: {exc}") from exc
         try:
-            self._bpf = BPF(src_file=str(bpf_dir() / "hot_answer.c").encode(), cflags=self.opts.cflags())
+            self._bpf = BPF(
+                src_file=str(bpf_dir() / "hot_answer.c").encode(), cflags=self.opts.cflags()
+            )
             self._fn = self._bpf.load_func(PROG_NAME.encode(), BPF.XDP)
         except Exception as exc:  # bcc raises bare Exception
             self._bpf = None
@@ -153,7 +197,7 @@ class HotPath:
         try:
             self.configure()
             if self.iface:
-                self._attach()
+                self.attach(self.iface, netns=self.netns)
         except BaseException:
             self.close()
             raise
@@ -161,8 +205,7 @@ class HotPath:
     def close(self) -> None:
         """Detach (if the attached program is still ours) and free the program and maps."""
         try:
-            if self.attached_mode:
-                self._detach()
+            self.detach()
         finally:
             if self._bpf is not None:
                 self._bpf.cleanup()
@@ -179,9 +222,27 @@ class HotPath:
     def prog_id(self) -> int:
         return lb.prog_id(self.prog_fd)
 
-    def _attach(self) -> None:
+    def attach(self, iface: str, *, mode: str | None = None, netns: str | None = None) -> None:
+        """Attach to ``iface`` (in namespace ``netns``, None: ours) unless it runs an XDP program."""
+        if self.attached_mode:
+            raise XdpError(f"already attached to {self.iface}")
+        if mode is not None:
+            if mode not in MODES:
+                raise XdpError(f"XDP mode {mode!r} is not one of {', '.join(MODES)}")
+            self.mode = mode
+        self.netns = netns
+        self.iface = iface
+        with in_netns(self.netns):
+            self._attach_here()
+        if self.opts.addresses is None:
+            self.configure()
+
+    def _attach_here(self) -> None:
         assert self.iface
-        self._ifindex = socket.if_nametoindex(self.iface)
+        try:
+            self._ifindex = socket.if_nametoindex(self.iface)
+        except OSError as exc:
+            raise XdpError(f"no interface {self.iface!r}") from exc
         tries = {"auto": ["native", "generic"], "native": ["native"], "generic": ["generic"]}
         errors = []
         for m in tries[self.mode]:
@@ -201,16 +262,23 @@ class HotPath:
     def attached_id(self) -> int:
         """Id of the program attached on our interface in our mode (0: none)."""
         pid = ct.c_uint32(0)
-        lb.check(
-            lb.lib().bpf_xdp_query_id(self._ifindex, self._mode_flag(), ct.byref(pid)), "xdp query"
-        )
+        with in_netns(self.netns):
+            rc = lb.lib().bpf_xdp_query_id(self._ifindex, self._mode_flag(), ct.byref(pid))
+        lb.check(rc, "xdp query")
         return pid.value
 
-    def _detach(self) -> None:
+    def detach(self) -> None:
+        """Detach if attached and the attached program is still ours; else leave it alone."""
+        if not self.attached_mode:
+            return
         opts = lb.XdpAttachOpts(ct.sizeof(lb.XdpAttachOpts), self.prog_fd)
-        rc = lb.lib().bpf_xdp_detach(
-            self._ifindex, self._mode_flag() | lb.XDP_FLAGS_REPLACE, ct.byref(opts)
-        )
+        try:
+            with in_netns(self.netns):
+                rc = lb.lib().bpf_xdp_detach(
+                    self._ifindex, self._mode_flag() | lb.XDP_FLAGS_REPLACE, ct.byref(opts)
+                )
+        except XdpError:
+            rc = -19  # the namespace is gone, and the interface with it
         self.attached_mode = None
         # -EEXIST: something else is attached now; it is not ours to remove. -ENODEV: iface gone.
         if rc < 0 and -rc not in (17, 19, 6):
@@ -230,7 +298,8 @@ class HotPath:
             flags |= maps.CF_VERIFY_CSUM
         addrs = o.addresses
         if addrs is None:
-            addrs = iface_addresses(self.iface) if self.iface else []
+            with in_netns(self.netns):
+                addrs = iface_addresses(self.iface) if self.iface else []
         if addrs:
             flags |= maps.CF_ADDR_FILTER
             one = ct.c_uint8(1)
@@ -286,7 +355,9 @@ class HotPath:
         vb = ct.create_string_buffer(vals, len(vals))
         count = ct.c_uint32(len(items))
         bo = lb.MapBatchOpts(ct.sizeof(lb.MapBatchOpts), 0, 0)
-        rc = lb.lib().bpf_map_update_batch(self._fd("zs_exact"), kb, vb, ct.byref(count), ct.byref(bo))
+        rc = lb.lib().bpf_map_update_batch(
+            self._fd("zs_exact"), kb, vb, ct.byref(count), ct.byref(bo)
+        )
         if rc < 0:
             for k, v in items:
                 self._update("zs_exact", k, v)
@@ -299,7 +370,9 @@ class HotPath:
         When this returns, no packet that arrives later is answered from them.
         """
         if keys is None:
-            keys = [("exact", k) for k in self._exact_keys] + [("deleg", k) for k in self._deleg_keys]
+            keys = [("exact", k) for k in self._exact_keys] + [
+                ("deleg", k) for k in self._deleg_keys
+            ]
         n = 0
         for kind, key in list(keys):
             name = "zs_exact" if kind == "exact" else "zs_deleg"

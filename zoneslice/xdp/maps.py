@@ -140,7 +140,7 @@ class AnswerValue:
     deleg_len: int = 0
 
     def pack(self, body_max: int = BODY_MAX) -> bytes:
-        if len(self.body) > body_max or not self.body:
+        if len(self.body) > body_max:
             raise XdpError(f"answer body of {len(self.body)} octets does not fit (max {body_max})")
         if len(self.fixups) > MAX_FIX:
             raise XdpError(f"{len(self.fixups)} pointer fix-ups, at most {MAX_FIX}")

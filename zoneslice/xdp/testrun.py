@@ -78,7 +78,9 @@ def run(prog_fd: int, frame: bytes, *, repeat: int = 1, out_size: int = 4096) ->
     rc = lib.bpf_prog_test_run_opts(prog_fd, ct.addressof(opts))
     if rc != 0:
         err = ct.get_errno() or -rc
-        raise XdpError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)} ({errno.errorcode.get(err, err)})")
+        raise XdpError(
+            f"BPF_PROG_TEST_RUN failed: {os.strerror(err)} ({errno.errorcode.get(err, err)})"
+        )
     return RunResult(opts.retval, outbuf.raw[: opts.data_size_out], opts.duration)
 
 

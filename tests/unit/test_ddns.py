@@ -1,0 +1,408 @@
+"""RFC 2136 semantics on a whole-zone database: rcodes, atomicity, special rules, journal, TSIG."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.tsig
+import dns.tsigkeyring
+import dns.update
+import pytest
+
+from zoneslice import journal
+from zoneslice.engine import Responder
+from zoneslice.errors import KeyFileError
+from zoneslice.split import split_zone
+from zoneslice.updates import ddns
+from zoneslice.updates.acl import UpdatePolicy, parse_keys
+from zoneslice.updates.handler import WatchedResponder, make_update_handler
+from zoneslice.updates.queue import Job, UpdateQueue
+
+ZONE = """$ORIGIN example.
+$TTL 3600
+@     SOA  ns1 hostmaster 100 3600 900 604800 300
+@     NS   ns1
+@     NS   ns2
+ns1   A    192.0.2.1
+ns2   A    192.0.2.2
+www   A    192.0.2.80
+www   A    192.0.2.81
+www   TXT  "hello"
+alias CNAME www
+mail  MX   10 mx.Example.
+"""
+ORIGIN = dns.name.from_text("example.")
+SECRET = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
+KEYRING = dns.tsigkeyring.from_text({"k1.": ("hmac-sha256", SECRET)})
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    zf = tmp_path / "example.zone"
+    zf.write_text(ZONE)
+    return split_zone(zf, 1, tmp_path / "whole").manifest.slice_path(0)
+
+
+@pytest.fixture
+def q(db: Path) -> UpdateQueue:
+    queue = UpdateQueue(db)
+    yield queue
+    queue.close()
+
+
+def new() -> dns.update.UpdateMessage:
+    return dns.update.UpdateMessage("example.")
+
+
+def run(q: UpdateQueue, u: dns.message.Message) -> ddns.UpdateResult:
+    wire = u.to_wire()
+    return q.apply(dns.message.from_wire(wire, one_rr_per_rrset=True), wire)
+
+
+def state(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as c:
+        return sorted(c.execute("SELECT rkey, rdtype, covers, rdata, ttl FROM rr"))
+
+
+def rrset(db: Path, name: str, rdtype: str) -> set[tuple[str, int]]:
+    """(rdata text, ttl) of an RRset as stored."""
+    from zoneslice.store.keys import name_key
+
+    key = name_key(dns.name.from_text(name, ORIGIN), ORIGIN)
+    t = dns.rdatatype.from_text(rdtype)
+    with sqlite3.connect(db) as c:
+        rows = c.execute("SELECT rdata, ttl FROM rr WHERE rkey = ? AND rdtype = ?", (key, t))
+        return {
+            (dns.rdata.from_wire(dns.rdataclass.IN, t, rd, 0, len(rd)).to_text(), ttl)
+            for rd, ttl in rows
+        }
+
+
+def serial(db: Path) -> int:
+    (soa,) = rrset(db, "@", "SOA")
+    return int(soa[0].split()[2])
+
+
+# ---- prerequisites: RFC 2136 §3.2.5 table
+
+
+@pytest.mark.parametrize(
+    ("build", "rcode"),
+    [
+        (lambda u: u.present("www"), dns.rcode.NOERROR),  # ANY ANY: name in use
+        (lambda u: u.present("nope"), dns.rcode.NXDOMAIN),
+        (lambda u: u.present("www", "TXT"), dns.rcode.NOERROR),  # ANY rrset: exists
+        (lambda u: u.present("www", "MX"), dns.rcode.NXRRSET),
+        (lambda u: u.absent("nope"), dns.rcode.NOERROR),  # NONE ANY: name not in use
+        (lambda u: u.absent("www"), dns.rcode.YXDOMAIN),
+        (lambda u: u.absent("www", "MX"), dns.rcode.NOERROR),  # NONE rrset: does not exist
+        (lambda u: u.absent("www", "A"), dns.rcode.YXRRSET),
+        (lambda u: u.present("www", "A", "192.0.2.80"), dns.rcode.NXRRSET),  # value: whole RRset
+        (
+            lambda u: (u.present("www", "A", "192.0.2.81"), u.present("www", "A", "192.0.2.80")),
+            dns.rcode.NOERROR,
+        ),
+        (lambda u: u.present("mail", "MX", "10 MX.example."), dns.rcode.NOERROR),  # canonical
+        (lambda u: u.present("www.other."), dns.rcode.NOTZONE),
+    ],
+)
+def test_prerequisite_rcodes(q: UpdateQueue, db: Path, build, rcode: int) -> None:
+    u = new()
+    build(u)
+    u.add("new", 300, "A", "192.0.2.9")
+    before = serial(db)
+    res = run(q, u)
+    assert res.rcode == rcode, res.reason
+    assert (rrset(db, "new", "A") != set()) == (rcode == dns.rcode.NOERROR)
+    assert serial(db) == before + (1 if rcode == dns.rcode.NOERROR else 0)
+
+
+def test_prerequisites_in_rfc_order(q: UpdateQueue) -> None:
+    u = new()
+    u.absent("www")  # YXDOMAIN, first in the message
+    u.present("nope")  # NXDOMAIN
+    assert run(q, u).rcode == dns.rcode.YXDOMAIN
+
+
+def test_prerequisite_ttl_formerr(q: UpdateQueue) -> None:
+    u = new()
+    u.find_rrset(u.prerequisite, dns.name.from_text("www.example."), dns.rdataclass.ANY,
+                 dns.rdatatype.A, create=True)
+    wire = bytearray(u.to_wire())
+    wire[-5] = 7  # TTL of the prerequisite (last 4 octets before rdlength) != 0
+    msg = dns.message.from_wire(bytes(wire), one_rr_per_rrset=True)
+    assert q.apply(msg, bytes(wire)).rcode == dns.rcode.FORMERR
+
+
+def test_zone_section(q: UpdateQueue) -> None:
+    u = dns.update.UpdateMessage("other.")
+    u.add("x.other.", 300, "A", "192.0.2.1")
+    assert run(q, u).rcode == dns.rcode.NOTAUTH
+
+
+# ---- update section: prescan and atomicity
+
+
+def test_prescan_refuses_whole_message(q: UpdateQueue, db: Path) -> None:
+    before = state(db)
+    u = new()
+    u.add("ok", 300, "A", "192.0.2.7")
+    u.add("bad.other.", 300, "A", "192.0.2.8")
+    assert run(q, u).rcode == dns.rcode.NOTZONE
+    assert state(db) == before
+
+
+def test_failing_prerequisite_changes_nothing(q: UpdateQueue, db: Path) -> None:
+    before = state(db)
+    u = new()
+    u.present("nope")
+    u.delete("www")
+    assert run(q, u).rcode == dns.rcode.NXDOMAIN
+    assert state(db) == before
+
+
+def test_policy_refusal_changes_nothing(q: UpdateQueue, db: Path) -> None:
+    before = state(db)
+    u = new()
+    u.add("free", 300, "A", "192.0.2.7")
+    u.add("locked", 300, "A", "192.0.2.8")
+    wire = u.to_wire()
+    msg = dns.message.from_wire(wire, one_rr_per_rrset=True)
+    res = q.apply(msg, wire, allowed=lambda name, _t: not name.labels[0].startswith(b"locked"))
+    assert res.rcode == dns.rcode.REFUSED
+    assert state(db) == before
+
+
+def test_ordered_application(q: UpdateQueue, db: Path) -> None:
+    u = new()
+    u.add("seq", 300, "A", "192.0.2.1")
+    u.delete("seq", "A")
+    u.add("seq", 300, "TXT", "after")
+    assert run(q, u).rcode == dns.rcode.NOERROR
+    assert rrset(db, "seq", "A") == set()
+    assert rrset(db, "seq", "TXT") == {('"after"', 300)}
+
+
+# ---- special rules
+
+
+def test_soa_rules(q: UpdateQueue, db: Path) -> None:
+    u = new()
+    u.delete("@", "SOA")
+    u.delete("@")
+    assert run(q, u).rcode == dns.rcode.NOERROR
+    assert rrset(db, "@", "SOA") and len(rrset(db, "@", "NS")) == 2
+    assert serial(db) == 100  # nothing changed: no bump
+    u = new()
+    u.add("@", 3600, "SOA", "ns1 hostmaster 99 3600 900 604800 300")  # not greater: ignored
+    assert run(q, u).changeset is None and serial(db) == 100
+    u = new()
+    u.add("@", 3600, "SOA", "ns1 hostmaster 500 3600 900 604800 300")
+    res = run(q, u)
+    assert res.rcode == dns.rcode.NOERROR and serial(db) == 500  # taken as is, no extra bump
+    assert res.changeset.serial_from == 100 and res.changeset.serial_to == 500
+
+
+def test_last_apex_ns_kept(q: UpdateQueue, db: Path) -> None:
+    u = new()
+    u.delete("@", "NS", "ns1.example.")
+    u.delete("@", "NS", "ns2.example.")
+    assert run(q, u).rcode == dns.rcode.NOERROR
+    assert rrset(db, "@", "NS") == {("ns2.example.", 3600)}
+
+
+def test_cname_conflicts_ignored(q: UpdateQueue, db: Path) -> None:
+    u = new()
+    u.add("www", 300, "CNAME", "elsewhere")  # www has A/TXT: ignored
+    u.add("alias", 300, "A", "192.0.2.5")  # alias is a CNAME: ignored
+    u.add("alias", 300, "CNAME", "ns1")  # replaces the CNAME
+    assert run(q, u).rcode == dns.rcode.NOERROR
+    assert rrset(db, "www", "CNAME") == set()
+    assert rrset(db, "alias", "A") == set()
+    assert rrset(db, "alias", "CNAME") == {("ns1.example.", 300)}
+
+
+def test_new_ttl_applies_to_rrset(q: UpdateQueue, db: Path) -> None:
+    u = new()
+    u.add("www", 60, "A", "192.0.2.82")
+    run(q, u)
+    assert rrset(db, "www", "A") == {(f"192.0.2.{i}", 60) for i in (80, 81, 82)}
+
+
+def test_serial_bumped_once_and_unixtime(db: Path) -> None:
+    q = UpdateQueue(db)
+    u = new()
+    for i in range(5):
+        u.add(f"h{i}", 300, "A", f"192.0.2.{i}")
+    assert run(q, u).changeset.serial_to == 101
+    q.close()
+    q = UpdateQueue(db, serial_policy="unixtime")
+    u = new()
+    u.add("t", 300, "A", "192.0.2.1")
+    assert abs(run(q, u).changeset.serial_to - time.time()) < 5
+    q.close()
+    assert ddns.next_serial(0xFFFFFFFF) == 1
+
+
+# ---- journal and group commit
+
+
+def test_journal_entries(q: UpdateQueue, db: Path) -> None:
+    u = new()
+    u.delete("www", "A", "192.0.2.80")
+    u.add("new", 300, "A", "192.0.2.9")
+    run(q, u)
+    u = new()
+    u.delete("new")
+    run(q, u)
+    conn = sqlite3.connect(db)
+    chain = journal.changes_since(conn, 100)
+    assert [(c.serial_from, c.serial_to) for c in chain] == [(100, 101), (101, 102)]
+    first = chain[0]
+    assert [(str(n), t) for n, t, _, _ in first.deleted] == [("www.example.", 1)]
+    assert [(str(n), t, ttl) for n, t, ttl, _ in first.added] == [("new.example.", 1, 300)]
+    assert [str(n) for n, *_ in chain[1].deleted] == ["new.example."]
+    assert journal.changes_since(conn, 101)[0].serial_to == 102
+    assert journal.changes_since(conn, 102) == []
+    assert journal.changes_since(conn, 7) is None
+    names, seq = journal.names_since(conn, 1)
+    assert seq == 2 and dns.name.from_text("new.example.") in names
+    meta = dict(conn.execute("SELECT key, value FROM meta"))
+    assert meta["serial"] == "102"
+    conn.close()
+
+
+def test_group_commit_rolls_back_refused_alone(q: UpdateQueue, db: Path) -> None:
+    jobs = []
+    for i, bad in enumerate([False, True, False]):
+        u = new()
+        if bad:
+            u.present("nope")
+        u.add(f"g{i}", 300, "A", f"192.0.2.{i}")
+        wire = u.to_wire()
+        jobs.append(Job(dns.message.from_wire(wire, one_rr_per_rrset=True), wire))
+    results = q.apply_batch(jobs)
+    assert [r.rcode for r in results] == [0, dns.rcode.NXDOMAIN, 0]
+    assert q.counters["commits"] == 1
+    assert rrset(db, "g1", "A") == set() and rrset(db, "g2", "A")
+    assert serial(db) == 102
+
+
+def test_writer_thread_groups_concurrent_updates(q: UpdateQueue, db: Path) -> None:
+    futures = []
+    for i in range(20):
+        u = new()
+        u.add(f"c{i}", 300, "A", "192.0.2.1")
+        wire = u.to_wire()
+        futures.append(q.submit(dns.message.from_wire(wire, one_rr_per_rrset=True), wire))
+    assert all(f.result(30).rcode == 0 for f in futures)
+    assert serial(db) == 120
+    assert q.counters["commits"] < 20
+
+
+# ---- TSIG, policy and the engine hook
+
+
+def test_parse_keys() -> None:
+    ring = parse_keys(f'key "k1" {{ algorithm hmac-sha256; secret "{SECRET}"; }};\n'
+                      f'key k2 {{ secret "{SECRET}"; }};')
+    assert set(map(str, ring)) == {"k1.", "k2."}
+    with pytest.raises(KeyFileError):
+        parse_keys("key k3 { algorithm hmac-sha256; };")
+
+
+def test_handler_tsig_and_cache(db: Path) -> None:
+    responder = Responder(db)
+    policy = UpdatePolicy.simple(ORIGIN, KEYRING, allow_unsigned=["10.53.0.9"])
+    handler = make_update_handler(db, KEYRING, policy, on_commit=responder.invalidate)
+    watched = WatchedResponder(responder, handler)
+    client = ("127.0.0.1", 5353)
+
+    def ask() -> list[str]:
+        qm = dns.message.make_query("www.example.", "A")
+        r = dns.message.from_wire(watched.respond(qm.to_wire(), tcp=False, client=client))
+        return sorted(rd.to_text() for rrs in r.answer for rd in rrs)
+
+    assert ask() == ["192.0.2.80", "192.0.2.81"]  # now cached
+    u = new()
+    u.replace("www", 300, "A", "192.0.2.99")
+    u.use_tsig(KEYRING, "k1.")
+    out = watched.respond(u.to_wire(), tcp=False, client=client)
+    resp = dns.message.from_wire(out, keyring=KEYRING, request_mac=u.mac)
+    assert resp.rcode() == dns.rcode.NOERROR and resp.had_tsig
+    assert ask() == ["192.0.2.99"]
+
+    bad = dns.tsigkeyring.from_text({"k1.": ("hmac-sha256", "b3RoZXJzZWNyZXQ=")})
+    unknown = dns.tsigkeyring.from_text({"nokey.": ("hmac-sha256", SECRET)})
+    for ring, keyname, err in ((bad, "k1.", dns.rcode.BADSIG), (unknown, "nokey.", dns.rcode.BADKEY)):
+        u = new()
+        u.delete("www")
+        u.use_tsig(ring, keyname)
+        r = dns.message.from_wire(handler(u.to_wire(), client), keyring=False)
+        assert r.rcode() == dns.rcode.NOTAUTH and r.tsig[0].error == err
+    u = new()
+    u.delete("www")
+    r = dns.message.from_wire(handler(u.to_wire(), client))
+    assert r.rcode() == dns.rcode.REFUSED  # unsigned from an address not allowed
+    r = dns.message.from_wire(handler(u.to_wire(), ("10.53.0.9", 1)))
+    assert r.rcode() == dns.rcode.NOERROR
+    assert ask() == []
+
+    other = Responder(db)  # another worker's view: its cache must drop the name too
+    watched2 = WatchedResponder(other)
+    qm = dns.message.make_query("ns1.example.", "A").to_wire()
+    assert b"\xc0\x00\x02\x01" in watched2.respond(qm, tcp=False, client=client)
+    u = new()
+    u.replace("ns1", 300, "A", "192.0.2.111")
+    u.use_tsig(KEYRING, "k1.")
+    handler(u.to_wire(), client)
+    assert b"\xc0\x00\x02\x6f" in watched2.respond(qm, tcp=False, client=client)
+    handler.queue().close()
+    responder.close()
+    other.close()
+
+
+def test_prescan_formerr(q: UpdateQueue, db: Path) -> None:
+    before = state(db)
+    u = new()
+    u.add("ok", 300, "A", "192.0.2.7")
+    u.delete("www", "A", "192.0.2.80")  # class NONE: TTL must be 0
+    wire = bytearray(u.to_wire())
+    wire[-9] = 1  # TTL of the last record (4 rdata + 2 rdlength + 4 TTL octets from the end)
+    msg = dns.message.from_wire(bytes(wire), one_rr_per_rrset=True)
+    assert q.apply(msg, bytes(wire)).rcode == dns.rcode.FORMERR
+    u = new()
+    u.add("ok", 300, "A", "192.0.2.7")
+    u.add("x", 300, "MAILB", r"\# 0")  # meta type: FORMERR
+    wire = u.to_wire()
+    msg = dns.message.from_wire(wire, one_rr_per_rrset=True)
+    assert q.apply(msg, wire).rcode == dns.rcode.FORMERR
+    assert state(db) == before
+
+
+def test_out_of_slice_is_notauth(tmp_path: Path) -> None:
+    zf = tmp_path / "z.zone"
+    zf.write_text(ZONE + "".join(f"h{c} A 192.0.2.3\n" for c in "abcdefghijklmnop"))
+    m = split_zone(zf, 2, tmp_path / "two").manifest
+    q0 = UpdateQueue(m.slice_path(0))
+    try:
+        inside, outside = (
+            ("alias", "www") if q0.zone.owns(dns.name.from_text("alias.example.")) else ("www", "alias")
+        )
+        assert not q0.zone.owns(dns.name.from_text(f"{outside}.example."))
+        u = new()
+        u.add(inside, 300, "TXT", "in")
+        assert run(q0, u).rcode in (dns.rcode.NOERROR,)
+        u = new()
+        u.add(outside, 300, "TXT", "out")
+        assert run(q0, u).rcode == dns.rcode.NOTAUTH
+    finally:
+        q0.close()

@@ -1,0 +1,212 @@
+"""The single writer: UPDATEs queue up and one thread applies them, many per commit.
+
+As Knot's ``ddns_queue`` drained by the update event: whatever is waiting when
+the writer comes round is applied in one SQLite transaction (group commit), each
+message inside its own SAVEPOINT so a refused one rolls back alone
+(:func:`zoneslice.updates.ddns.process`). The transaction commits in WAL mode
+with ``synchronous=FULL`` (fsync) before any of the group's futures resolve, so
+an answer is never sent for a change that is not on disk (RFC 2136 §3.5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.message
+import dns.name
+import dns.rcode
+
+from zoneslice import journal
+from zoneslice.errors import StoreError
+from zoneslice.updates import ddns
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def connect_writer(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A read-write connection in autocommit mode (transactions are explicit), WAL, fsync on commit."""
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"{p}: no such slice database")
+    conn = sqlite3.connect(str(p), isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    journal.ensure_table(conn)
+    return conn
+
+
+class CommitSignal:
+    """An 8-byte file next to the database, rewritten after every commit.
+
+    Worker processes map it and compare it with the value they last saw before
+    each query (a memory read, where ``PRAGMA data_version`` costs a SQLite call);
+    a change means "read the journal for what to invalidate". Writers store the
+    commit time in nanoseconds, so two writers never leave a reader's last value
+    in place.
+    """
+
+    SIZE = 8
+
+    def __init__(self, slice_db: str | os.PathLike[str]) -> None:
+        self.path = Path(f"{slice_db}-commit")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < self.SIZE:
+                os.ftruncate(fd, self.SIZE)
+            self.map = mmap.mmap(fd, self.SIZE)
+        finally:
+            os.close(fd)
+
+    def value(self) -> bytes:
+        return self.map[: self.SIZE]
+
+    def bump(self) -> None:
+        self.map[: self.SIZE] = time.time_ns().to_bytes(self.SIZE, "big")
+
+    def close(self) -> None:
+        self.map.close()
+
+
+@dataclass
+class Job:
+    """One parsed UPDATE waiting for the writer."""
+
+    msg: dns.message.Message
+    wire: bytes
+    allowed: ddns.Allowed | None = None
+    future: Future[ddns.UpdateResult] = field(default_factory=Future)
+
+
+class UpdateQueue:
+    """Apply UPDATEs to one database from a single writer thread, grouped per commit.
+
+    ``on_commit(names)`` runs in the writer thread after each commit that changed
+    the zone, before the group's answers are released: the place to invalidate
+    caches (and, later, XDP maps) so that no stale answer follows an ack.
+    """
+
+    def __init__(
+        self,
+        slice_db: str | os.PathLike[str],
+        *,
+        serial_policy: str = "increment",
+        max_batch: int = 256,
+        on_commit: Callable[[set[dns.name.Name]], None] | None = None,
+    ) -> None:
+        if serial_policy not in ddns.SERIAL_POLICIES:
+            raise ValueError(f"serial policy must be one of {ddns.SERIAL_POLICIES}")
+        self.path = Path(slice_db)
+        self.conn = connect_writer(self.path)
+        self.signal = CommitSignal(self.path)
+        self.zone = ddns.Zone.from_conn(self.conn)
+        self.serial_policy = serial_policy
+        self.max_batch = max_batch
+        self.on_commit = on_commit
+        self.counters = {"updates": 0, "commits": 0, "changed": 0, "refused": 0}
+        self._q: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # ---- synchronous core (also what tests drive)
+
+    def apply_batch(self, jobs: list[Job]) -> list[ddns.UpdateResult]:
+        """Apply ``jobs`` in one transaction and commit; one result per job, in order."""
+        conn = self.conn
+        results: list[ddns.UpdateResult] = []
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for job in jobs:
+                    results.append(
+                        ddns.process(
+                            conn,
+                            job.msg,
+                            job.wire,
+                            self.zone,
+                            allowed=job.allowed,
+                            serial_policy=self.serial_policy,
+                        )
+                    )
+                conn.execute("COMMIT")
+                self.signal.bump()
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        c = self.counters
+        c["updates"] += len(jobs)
+        c["commits"] += 1
+        names: set[dns.name.Name] = set()
+        for r in results:
+            if r.changeset is not None:
+                c["changed"] += 1
+                names |= r.names
+            elif r.rcode != dns.rcode.NOERROR:
+                c["refused"] += 1
+        if names and self.on_commit is not None:
+            self.on_commit(names)
+        return results
+
+    def apply(self, msg: dns.message.Message, wire: bytes, allowed: ddns.Allowed | None = None) -> ddns.UpdateResult:
+        """One UPDATE, committed on return (bypasses the thread)."""
+        return self.apply_batch([Job(msg, wire, allowed)])[0]
+
+    # ---- the writer thread
+
+    def submit(
+        self, msg: dns.message.Message, wire: bytes, allowed: ddns.Allowed | None = None
+    ) -> Future[ddns.UpdateResult]:
+        """Queue one UPDATE; the future resolves after its group has committed."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="zoneslice-writer", daemon=True)
+            self._thread.start()
+        job = Job(msg, wire, allowed)
+        self._q.put(job)
+        return job.future
+
+    def _run(self) -> None:
+        while True:
+            first = self._q.get()
+            if first is None:
+                return
+            jobs = [first]
+            stop = False
+            while len(jobs) < self.max_batch:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                jobs.append(nxt)
+            try:
+                results = self.apply_batch(jobs)
+            except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
+                for job in jobs:
+                    job.future.set_exception(exc)
+            else:
+                for job, res in zip(jobs, results, strict=True):
+                    job.future.set_result(res)
+            if stop:
+                return
+
+    def close(self) -> None:
+        """Finish what is queued, stop the writer, close the connection."""
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
+            self._thread = None
+        self.conn.close()
+        self.signal.close()
