@@ -55,6 +55,7 @@ _STATUS_OF: list[tuple[type[errors.ZonesliceError], ExitStatus]] = [
     (errors.XdpError, ExitStatus.XDP),
     (errors.ToolMissing, ExitStatus.TOOL_MISSING),
     (errors.ServeError, ExitStatus.SERVE),
+    (errors.KeyFileError, ExitStatus.BAD_INPUT),
 ]
 
 
@@ -435,8 +436,28 @@ def _cmd_serve(args: argparse.Namespace, env: Environment) -> int:
         args.workers,
         stats_path=args.stats,
         axfr_allow=args.axfr_allow,
+        responder_factory=_update_factory(args, source),
     )
     return ExitStatus.OK
+
+
+def _update_factory(args: argparse.Namespace, source: object):
+    """A Responder factory that takes UPDATEs (RFC 2136 + TSIG) when --tsig-keys or --allow-update is given."""
+    if not (args.tsig_keys or args.allow_update):
+        return None
+    import contextlib
+
+    from zoneslice.engine import Responder
+    from zoneslice.engine.server import resolve_source
+    from zoneslice.store.db import connect_readonly, read_meta
+    from zoneslice.updates.acl import UpdatePolicy, load_keys
+    from zoneslice.updates.handler import updating_responder_factory
+
+    ring = load_keys(args.tsig_keys) if args.tsig_keys else {}
+    with contextlib.closing(connect_readonly(resolve_source(source))) as conn:
+        origin = read_meta(conn)["origin"]
+    policy = UpdatePolicy.from_grants(origin, ring, args.update_grant, args.allow_update)
+    return updating_responder_factory(Responder, ring, policy, serial_policy=args.serial_policy)
 
 
 def _cmd_stats(args: argparse.Namespace, env: Environment) -> int:
@@ -496,6 +517,14 @@ def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stats", help="directory for live counters (read with `zoneslice stats`)")
     p.add_argument("--axfr-allow", action="append", default=[], metavar="ADDR[/LEN]",
                    help="client allowed to AXFR (repeatable; default none)")
+    p.add_argument("--tsig-keys", metavar="FILE",
+                   help="BIND key file (tsig-keygen); its keys may UPDATE the zone (RFC 2136 + TSIG)")
+    p.add_argument("--update-grant", action="append", default=[], metavar="KEY=NAME",
+                   help="limit KEY to updating NAME and below (repeatable; default the whole zone)")
+    p.add_argument("--allow-update", action="append", default=[], metavar="ADDR[/LEN]",
+                   help="client allowed to send unsigned UPDATEs (repeatable; default none)")
+    p.add_argument("--serial-policy", choices=("increment", "unixtime"), default="increment",
+                   help="how an UPDATE bumps the SOA serial (default increment)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("stats", help="counters of a running `zoneslice serve --stats DIR`")

@@ -126,6 +126,15 @@ def append(conn: sqlite3.Connection, cs: Changeset, *, stamp: int | None = None)
     return cs.seq
 
 
+def trim(conn: sqlite3.Connection, keep: int) -> int:
+    """Drop all but the newest ``keep`` entries (older IXFR clients then get AXFR); returns
+    how many went."""
+    cur = conn.execute(
+        "DELETE FROM journal WHERE seq <= (SELECT max(seq) FROM journal) - ?", (max(keep, 0),)
+    )
+    return cur.rowcount
+
+
 # ---- read half
 
 

@@ -406,3 +406,86 @@ def test_out_of_slice_is_notauth(tmp_path: Path) -> None:
         assert run(q0, u).rcode == dns.rcode.NOTAUTH
     finally:
         q0.close()
+
+
+def test_badtime(db: Path) -> None:
+    """A request signed an hour ago (fudge 300) gets NOTAUTH/BADTIME with the server's time."""
+    import struct
+
+    import dns.rdtypes.ANY.TSIG
+
+    policy = UpdatePolicy.simple(ORIGIN, KEYRING)
+    handler = make_update_handler(db, KEYRING, policy)
+    before = state(db)
+    u = new()
+    u.delete("www")
+    wire = u.to_wire()
+    key = KEYRING[dns.name.from_text("k1.")]
+    then = int(time.time()) - 3600
+    tmpl = dns.rdtypes.ANY.TSIG.TSIG(dns.rdataclass.ANY, dns.rdatatype.TSIG, key.algorithm,
+                                     then, 300, b"", u.id, 0, b"")
+    tsig, _ = dns.tsig.sign(wire, key, tmpl, then)
+    rdata = tsig.to_wire()
+    signed = bytearray(wire + key.name.to_wire()
+                       + struct.pack("!HHIH", dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata))
+                       + rdata)
+    struct.pack_into("!H", signed, 10, 1)
+    r = dns.message.from_wire(handler(bytes(signed), ("127.0.0.1", 1)), keyring=False)
+    assert r.rcode() == dns.rcode.NOTAUTH and r.tsig[0].error == dns.rcode.BADTIME
+    assert abs(int.from_bytes(r.tsig[0].other, "big") - time.time()) < 5
+    assert state(db) == before
+
+
+def test_key_grants_and_durability(db: Path) -> None:
+    policy = UpdatePolicy.from_grants(ORIGIN, KEYRING, ["k1=sub"])
+    handler = make_update_handler(db, KEYRING, policy)
+    for name, rcode in (("www", dns.rcode.REFUSED), ("a.sub", dns.rcode.NOERROR)):
+        u = new()
+        u.add(name, 300, "A", "192.0.2.1")
+        u.use_tsig(KEYRING, "k1.")
+        r = dns.message.from_wire(handler(u.to_wire(), ("127.0.0.1", 1)), keyring=KEYRING,
+                                  request_mac=u.mac)
+        assert r.rcode() == rcode
+    writer = handler.queue()
+    assert writer.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert writer.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: fsync per commit
+    assert journal.trim(writer.conn, 0) == 1 and journal.changes_since(writer.conn, 100) is None
+    writer.close()
+    with pytest.raises(KeyFileError):
+        UpdatePolicy.from_grants(ORIGIN, KEYRING, ["k9=sub"])
+
+
+def test_no_stale_answer_after_ack(db: Path) -> None:
+    """Every cached answer, in this worker and in another one, matches a fresh Responder."""
+    own = Responder(db)
+    handler = make_update_handler(db, KEYRING, UpdatePolicy.simple(ORIGIN, KEYRING),
+                                  on_commit=own.invalidate)
+    workers = [WatchedResponder(own, handler), WatchedResponder(Responder(db))]
+    questions = [("new.", "A"), ("b.", "A"), ("x.b.", "TXT"), ("a.b.", "A"), ("www.", "ANY"),
+                 ("", "SOA"), ("", "NS"), ("zz.", "A"), ("alias.", "A")]
+
+    def ask(resp, name: str, rdtype: str) -> tuple:
+        qm = dns.message.make_query(f"{name}example.", rdtype).to_wire()
+        m = dns.message.from_wire(resp.respond(qm, tcp=False, client=("127.0.0.1", 1)))
+        return m.rcode(), sorted(m.answer, key=str), sorted(m.authority, key=str)
+
+    for w in workers:
+        for name, rdtype in questions:
+            ask(w, name, rdtype)
+    u = new()
+    u.add("new", 300, "A", "192.0.2.7")
+    u.add("a.b", 300, "A", "192.0.2.8")  # b becomes an empty non-terminal
+    u.add("*", 300, "A", "192.0.2.9")
+    u.delete("www")
+    u.add("@", 300, "NS", "ns3.example.")
+    u.add("www", 300, "A", "192.0.2.10")
+    u.use_tsig(KEYRING, "k1.")
+    handler(u.to_wire(), ("127.0.0.1", 1))
+    fresh = Responder(db)
+    for name, rdtype in questions:
+        want = ask(fresh, name, rdtype)
+        assert [ask(w, name, rdtype) for w in workers] == [want, want], (name, rdtype)
+    assert ask(fresh, "zz.", "A")[1]  # the wildcard answers now
+    handler.queue().close()
+    for r in (own, workers[1].inner, fresh):
+        r.close()

@@ -123,8 +123,9 @@ def _name_pointers(wire: bytes, p: int, out: list[tuple[int, int]]) -> int:
         p += b + 1
 
 
-def pointers(wire: bytes, start: int, count: int) -> list[tuple[int, int]]:
-    """(offset, target) of every compression pointer in ``count`` RRs from ``start``."""
+def pointers(wire: bytes, start: int, count: int, *, whole: bool = True) -> list[tuple[int, int]]:
+    """(offset, target) of every compression pointer in ``count`` RRs from ``start``
+    (``whole``: they must end the message)."""
     out: list[tuple[int, int]] = []
     p = start
     try:
@@ -142,7 +143,7 @@ def pointers(wire: bytes, start: int, count: int) -> list[tuple[int, int]]:
             p = end
     except (IndexError, struct.error) as exc:
         raise NotCacheable("the answer does not parse") from exc
-    if p != len(wire):
+    if whole and p != len(wire):
         raise NotCacheable("octets after the last record")
     return out
 

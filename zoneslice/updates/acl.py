@@ -42,7 +42,10 @@ def parse_keys(text: str, source: str = "<text>") -> Keyring:
             raise KeyFileError(f"{source}: unexpected text {text[pos:m.start()].strip()[:40]!r}")
         pos = m.end()
         name = m.group("qname") or m.group("name")
-        fields = {f.group("field"): f.group("q") or f.group("v") for f in _FIELD_RE.finditer(m.group("body"))}
+        fields = {
+            f.group("field"): f.group("q") or f.group("v")
+            for f in _FIELD_RE.finditer(m.group("body"))
+        }
         if "secret" not in fields:
             raise KeyFileError(f"{source}: key {name!r} has no secret")
         try:
@@ -101,6 +104,33 @@ class UpdatePolicy:
             [ipaddress.ip_network(a, strict=False) for a in allow_unsigned],
             origin,
         )
+
+    @classmethod
+    def from_grants(
+        cls,
+        origin: dns.name.Name | str,
+        keys: Iterable[dns.name.Name],
+        grants: Iterable[str] = (),
+        allow_unsigned: Iterable[str] = (),
+    ) -> UpdatePolicy:
+        """Policy from ``KEY=NAME`` texts (the key may change NAME and below); keys with no
+        grant may change the whole zone, as with :meth:`simple`."""
+        policy = cls.simple(origin, keys, allow_unsigned)
+        origin = dns.name.from_text(str(origin))
+        narrowed: dict[dns.name.Name, list[dns.name.Name]] = {}
+        for text in grants:
+            key_text, sep, name_text = text.partition("=")
+            if not sep:
+                raise KeyFileError(f"bad grant {text!r}: use KEY=NAME")
+            key = dns.name.from_text(key_text)
+            if key not in policy.grants:
+                raise KeyFileError(f"grant for unknown key {key}")
+            name = dns.name.from_text(name_text, origin)
+            if not name.is_subdomain(origin):
+                raise KeyFileError(f"grant {text!r} is outside {origin}")
+            narrowed.setdefault(key, []).append(name)
+        policy.grants = {**policy.grants, **narrowed}
+        return policy
 
     def _scope(self, key: dns.name.Name | None) -> list[dns.name.Name]:
         if key is None:

@@ -273,7 +273,8 @@ def check_prerequisites(
 def prescan(
     zone: Zone, updates: list[dns.rrset.RRset], ttls: list[int], allowed: Allowed | None
 ) -> None:
-    """RFC 2136 §3.4.1: reject the whole message before any record is applied."""
+    """RFC 2136 §3.4.1, then the policy (as BIND): reject the whole message before any
+    record is applied."""
     for rrset, ttl in zip(updates, ttls, strict=True):
         _in_zone(rrset.name, zone)
         rdtype = rrset.rdtype
@@ -288,8 +289,10 @@ def prescan(
         elif rrset.deleting == dns.rdataclass.NONE:
             if ttl != 0 or rdtype == T.ANY or rdtype in BAD_UPDATE_TYPES:
                 raise UpdateRefused(R.FORMERR, f"bad delete of a record at {rrset.name}")
-        if allowed is not None and not allowed(rrset.name, rdtype):
-            raise UpdateRefused(R.REFUSED, f"not allowed to update {rrset.name}")
+    if allowed is not None:
+        for rrset in updates:
+            if not allowed(rrset.name, rrset.rdtype):
+                raise UpdateRefused(R.REFUSED, f"not allowed to update {rrset.name}")
 
 
 class _Applier:

@@ -158,7 +158,9 @@ class UpdateQueue:
             self.on_commit(names)
         return results
 
-    def apply(self, msg: dns.message.Message, wire: bytes, allowed: ddns.Allowed | None = None) -> ddns.UpdateResult:
+    def apply(
+        self, msg: dns.message.Message, wire: bytes, allowed: ddns.Allowed | None = None
+    ) -> ddns.UpdateResult:
         """One UPDATE, committed on return (bypasses the thread)."""
         return self.apply_batch([Job(msg, wire, allowed)])[0]
 
