@@ -421,6 +421,11 @@ def _cmd_serve(args: argparse.Namespace, env: Environment) -> int:
 
     from zoneslice.engine.server import parse_listen, serve
 
+    if args.ebpf:
+        from zoneslice.xdp.loader import program_text
+
+        env.console.print(program_text(), markup=False, highlight=False)
+        return ExitStatus.OK
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.manifest is not None:
         if args.slice is None:
@@ -430,14 +435,55 @@ def _cmd_serve(args: argparse.Namespace, env: Environment) -> int:
         source = args.slice_db
     else:
         raise argparse.ArgumentTypeError("give SLICE_DB or --manifest M --slice I")
-    serve(
-        source,
-        [parse_listen(x) for x in args.listen] or None,
-        args.workers,
-        stats_path=args.stats,
-        axfr_allow=args.axfr_allow,
-        responder_factory=_update_factory(args, source),
+    listen = [parse_listen(x) for x in args.listen] or None
+
+    def run() -> None:
+        serve(
+            source,
+            listen,
+            args.workers,
+            stats_path=args.stats,
+            axfr_allow=args.axfr_allow,
+            responder_factory=_update_factory(args, source),
+        )
+
+    if args.xdp is None:
+        run()
+        return ExitStatus.OK
+    from zoneslice.engine.server import resolve_source
+    from zoneslice.hot.serving import hot_path
+
+    port = listen[0][1] if listen else 53
+    with hot_path(
+        resolve_source(source), args.xdp, top=args.hot, counts=args.hot_counts,
+        mode=args.xdp_mode, port=port,
+    ) as hot:
+        try:
+            run()
+        finally:
+            env.err_console.print(f"XDP counters on {args.xdp}: {hot.path.counters()}")
+    return ExitStatus.OK
+
+
+def _cmd_hot(args: argparse.Namespace, env: Environment) -> int:
+    from collections import Counter
+
+    from zoneslice.hot.hotset import count_queries, write_counts
+    from zoneslice.trace.partition import load_plan, routed_queries
+
+    plan = load_plan(args.manifest)
+    skipped: Counter[str] = Counter()
+    counts = count_queries(
+        (q.slice, q.qname, q.qtype) for q in routed_queries(args.trace, plan, skipped)
     )
+    path = write_counts(args.out, counts, args.top)
+    t = Table(title=f"Hot set counts → {path}")
+    t.add_column("slice", justify="right")
+    t.add_column("distinct (name, type)", justify="right")
+    t.add_column("queries", justify="right")
+    for i, c in sorted(counts.items()):
+        t.add_row(str(i), f"{len(c):,}", f"{sum(c.values()):,}")
+    env.console.print(t)
     return ExitStatus.OK
 
 
@@ -525,7 +571,19 @@ def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
                    help="client allowed to send unsigned UPDATEs (repeatable; default none)")
     p.add_argument("--serial-policy", choices=("increment", "unixtime"), default="increment",
                    help="how an UPDATE bumps the SOA serial (default increment)")
+    p.add_argument("--xdp", metavar="IFACE", help="answer the hot set from XDP on this interface")
+    p.add_argument("--hot", type=int, default=10000, help="answers to load into the XDP maps")
+    p.add_argument("--hot-counts", metavar="FILE", help="`zoneslice hot` output ranking the names")
+    p.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto")
+    p.add_argument("--ebpf", action="store_true", help="print the XDP program and exit")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("hot", help="count names per slice in a trace, for the XDP hot set")
+    p.add_argument("trace")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", default="hot.json")
+    p.add_argument("--top", type=int, help="keep the N most frequent per slice")
+    p.set_defaults(func=_cmd_hot)
 
     p = sub.add_parser("stats", help="counters of a running `zoneslice serve --stats DIR`")
     p.add_argument("stats", help="the --stats directory")

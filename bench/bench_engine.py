@@ -168,7 +168,15 @@ def _wait_answers(cli: Any, addr: str, port: int, proc: Any, timeout: float, wha
 
 
 def start_zoneslice(
-    ns: Any, work: Path, addr: str, port: int, *, slice_db: Path, workers: int, responder: str
+    ns: Any,
+    work: Path,
+    addr: str,
+    port: int,
+    *,
+    slice_db: Path,
+    workers: int,
+    responder: str,
+    cache_size: int | None,
 ):
     d = work / "zoneslice"
     d.mkdir(parents=True, exist_ok=True)
@@ -186,6 +194,8 @@ def start_zoneslice(
     ]
     if responder:
         cmd += ["--responder", responder]
+    if cache_size:
+        cmd += ["--cache-size", str(cache_size)]
     return ns.popen(cmd, cwd=ROOT, stdout=open(d / "log", "w"), stderr=subprocess.STDOUT)
 
 
@@ -446,6 +456,11 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="smoke run: 20k delegations, 3 s runs, 2 steps"
     )
     ap.add_argument(
+        "--zs-cache-size",
+        type=int,
+        help="answer cache entries per zoneslice worker (default: the Responder's)",
+    )
+    ap.add_argument(
         "--responder",
         default="",
         help="module:callable replacing zoneslice's Responder (loop overhead runs)",
@@ -472,9 +487,17 @@ def main(argv: list[str] | None = None) -> int:
     servers = {
         "zoneslice": Server(
             "zoneslice",
-            f"zoneslice engine, slice {a.slice} of 3, {a.workers} workers",
+            f"zoneslice engine, slice {a.slice} of 3, {a.workers} workers, answer cache "
+            + (f"{a.zs_cache_size} entries" if a.zs_cache_size else "default size"),
             lambda ns, w, ad, p: start_zoneslice(
-                ns, w, ad, p, slice_db=slice_db, workers=a.workers, responder=a.responder
+                ns,
+                w,
+                ad,
+                p,
+                slice_db=slice_db,
+                workers=a.workers,
+                responder=a.responder,
+                cache_size=a.zs_cache_size,
             ),
         ),
         "nsd": Server(

@@ -3,7 +3,14 @@
  *
  * Compiled by bcc (zoneslice/xdp/loader.py) with -I bpf/ and -D sizes.
  * Map layouts: zs_maps.h.  The program changes nothing before it has decided
- * to answer, so every XDP_PASS leaves the frame as it came.
+ * to answer, so every XDP_PASS leaves the frame as it came; a failure after
+ * that point (never seen: helpers on bounds already checked) drops the frame
+ * rather than pass a half-written one up (counted in err_store).
+ *
+ * Phases hand over through the per-CPU scratch map only (see zs_maps.h), so
+ * the verifier explores each phase once instead of once per path into it.
+ * Values an answer depends on -- ID, question case, RD/AD/CD -- come from the
+ * query; everything else is the engine's own bytes (zoneslice/hot/entries.py).
  */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
@@ -349,37 +356,35 @@ static __always_inline int verify_checksum(struct zs_config *cfg, struct zs_scra
     return CONTINUE;
 }
 
-/* Phase 6: exact entry, else the cut at or above the name. */
+/* Phase 6: the cut at or above the name, else an exact entry.  Below a cut
+ * (and at it, for any type but DS/RRSIG/NSEC) the engine's answer is the
+ * referral whatever the name, so an exact entry there would hold the same
+ * bytes: the LPM lookup goes first and most TLD queries never hash a key. */
 static __always_inline struct zs_answer *lookup(struct zs_scratch *s, __u32 *cut, int *kind)
 {
     struct zs_key *key = &s->key;
     __u32 qtype = RELOAD(s->qtype);
     __u32 qlen = RELOAD(s->qlen);
-    key->head = qtype;
-    struct zs_answer *ans = zs_exact.lookup(key);
     *cut = 0;
-    *kind = ZS_C_ANSWERED_EXACT;
-    if (ans)
-        return ans;
-    if (qtype == 0 || qtype == T_OPT || (qtype >= 128 && qtype <= 255))
-        return 0;
     if (qlen > 255)
         return 0;
-    key->head = (qlen + 1) * 8;
-    ans = zs_deleg.lookup(key);
-    if (!ans)
-        return 0;
-    __u32 dl = ans->deleg_len;
-    if (dl == 0 || dl > qlen)
-        return 0;
-    __u32 c = qlen - dl;
-    if (!((s->lmap[MASKED(c >> 6, 3)] >> (c & 63)) & 1))
-        return 0;
-    if (c == 0 && (qtype == T_DS || qtype == T_RRSIG || qtype == T_NSEC))
-        return 0;
-    *cut = c;
-    *kind = ZS_C_ANSWERED_DELEG;
-    return ans;
+    if (!(qtype == 0 || qtype == T_OPT || (qtype >= 128 && qtype <= 255))) {
+        key->head = (qlen + 1) * 8;
+        struct zs_answer *ans = zs_deleg.lookup(key);
+        if (ans) {
+            __u32 dl = ans->deleg_len;
+            __u32 c = qlen - dl;
+            if (dl && dl <= qlen && ((s->lmap[MASKED(c >> 6, 3)] >> (c & 63)) & 1) &&
+                !(c == 0 && (qtype == T_DS || qtype == T_RRSIG || qtype == T_NSEC))) {
+                *cut = c;
+                *kind = ZS_C_ANSWERED_DELEG;
+                return ans;
+            }
+        }
+    }
+    key->head = qtype;
+    *kind = ZS_C_ANSWERED_EXACT;
+    return zs_exact.lookup(key);
 }
 
 /* Phase 7: turn the frame into the answer. */

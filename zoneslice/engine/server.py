@@ -510,13 +510,16 @@ def _plain(counters: Any) -> dict[str, Any]:
 
 
 def _make_responder(
-    factory: ResponderFactory | None, slice_db: Path, axfr_allowed: Callable[[str], bool]
+    factory: ResponderFactory | None,
+    slice_db: Path,
+    axfr_allowed: Callable[[str], bool],
+    options: dict[str, Any] | None = None,
 ) -> ResponderLike:
     if factory is None:
         from zoneslice.engine.query import Responder
 
         factory = Responder
-    return factory(slice_db, axfr_allowed=axfr_allowed)
+    return factory(slice_db, axfr_allowed=axfr_allowed, **(options or {}))
 
 
 def _run_worker(
@@ -528,8 +531,9 @@ def _run_worker(
     axfr_allowed: Callable[[str], bool],
     tcp_idle: float,
     ready: Callable[[], None],
+    options: dict[str, Any] | None = None,
 ) -> None:
-    responder = _make_responder(factory, slice_db, axfr_allowed)
+    responder = _make_responder(factory, slice_db, axfr_allowed, options)
     worker = _Worker(index, responder, socks, stats_dir, tcp_idle)
     loop = asyncio.new_event_loop()
     try:
@@ -625,6 +629,7 @@ def serve(
     axfr_allow: Iterable[str] | None = None,
     tcp_idle: float = TCP_IDLE,
     responder_factory: ResponderFactory | None = None,
+    responder_options: dict[str, Any] | None = None,
 ) -> None:
     """Serve one slice until SIGTERM or SIGINT, then return (the command exits 0).
 
@@ -634,7 +639,8 @@ def serve(
     in this process without forking (for profiling). ``stats_path`` is a directory
     for the counters (default: a temporary one, removed at exit). ``axfr_allow``
     lists the addresses/networks allowed to AXFR (default: none).
-    ``responder_factory(slice_db, axfr_allowed=...)`` replaces the Responder.
+    ``responder_factory(slice_db, axfr_allowed=..., **responder_options)`` replaces
+    the Responder; ``responder_options`` (e.g. ``{"cache_size": 10**6}``) go to it.
 
     :raises ServeError: the slice cannot be opened, an address cannot be bound or a
         worker fails to start or keeps dying.
@@ -661,6 +667,7 @@ def serve(
         factory=responder_factory,
         axfr_allowed=allowed,
         tcp_idle=tcp_idle,
+        options=dict(responder_options or {}),
     )
     try:
         if nworkers == 0:
@@ -986,6 +993,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stats")
     ap.add_argument("--axfr-allow", action="append", default=[])
     ap.add_argument("--responder", help="module:callable replacing the Responder (tests, benches)")
+    ap.add_argument("--cache-size", type=int, help="answer cache entries per worker")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     source: Source
@@ -1011,6 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
             stats_path=a.stats,
             axfr_allow=a.axfr_allow,
             responder_factory=factory,
+            responder_options={"cache_size": a.cache_size} if a.cache_size else None,
         )
     except ZonesliceError as exc:
         log.error("%s", exc)

@@ -81,7 +81,7 @@ def hot_path(
     *,
     top: int,
     counts: str | os.PathLike[str] | None = None,
-    slice_index: int = 0,
+    slice_index: int | None = None,
     mode: str = "auto",
     port: int = 53,
     netns: str | None = None,
@@ -90,8 +90,8 @@ def hot_path(
 ) -> Iterator[Hot]:
     """Compile and attach the program with the ``top`` hottest answers of the slice loaded.
 
-    ``counts`` is a `zoneslice hot` file; without it the slice's first delegations are
-    used. With ``live_counts``, the set is re-ranked every ``refresh_every`` seconds.
+    ``counts`` is a `zoneslice hot` file (``slice_index`` defaults to the slice's own
+    index); without it the slice's first delegations are used. With ``live_counts``, the set is re-ranked every ``refresh_every`` seconds.
     """
     from zoneslice.engine.query import Responder
 
@@ -100,7 +100,13 @@ def hot_path(
     def respond(wire: bytes, client: object = None) -> bytes | None:
         return responder.respond(wire, tcp=False)
 
-    c = read_counts(counts, slice_index) if counts else slice_cuts(slice_db, top)
+    if counts and slice_index is None:
+        conn = connect_readonly(slice_db)
+        try:
+            slice_index = int(read_meta(conn).get("index", 0))
+        finally:
+            conn.close()
+    c = read_counts(counts, slice_index or 0) if counts else slice_cuts(slice_db, top)
     opts = Options(port=port, max_exact=max(1024, 3 * top), max_deleg=max(1024, 3 * top))
     with HotPath(options=opts) as hp:
         hp.opts.cookie_flags = E.cookie_flags(respond, _origin(slice_db).to_wire(), 6)
