@@ -328,7 +328,17 @@ def _cmd_replay(args: argparse.Namespace, env) -> int:
     from zoneslice.trace import replay as rp
 
     plan = _trace_plan(args)
-    servers = _parse_servers(args.servers, plan.parts)
+    if args.layout:
+        from zoneslice.engine.server import parse_listen
+        from zoneslice.testbed.inventory import slice_listeners
+
+        servers = {i: parse_listen(addrs[0]) for i, addrs in slice_listeners(args.layout).items()}
+    elif args.servers:
+        servers = _parse_servers(args.servers, plan.parts)
+    else:
+        raise argparse.ArgumentTypeError("give --servers SLICE=ADDR:PORT,... or --layout INVENTORY")
+    if missing := sorted(set(range(plan.parts)) - set(servers)):
+        raise argparse.ArgumentTypeError(f"no server for slice(s) {missing}")
     mode = "timed" if args.timed else "closed-loop"
     common = dict(mode=mode, outstanding=args.outstanding, speed=args.speed, timeout=args.timeout, limit=args.limit)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -396,7 +406,9 @@ def _add_trace_parsers(sub) -> None:
     p = sub.add_parser("replay", help="replay a capture against the slice servers")
     p.add_argument("trace")
     p.add_argument("--manifest", required=True)
-    p.add_argument("--servers", required=True, help="SLICE=ADDR:PORT,... ('*=ADDR:PORT' for all slices)")
+    p.add_argument("--servers", help="SLICE=ADDR:PORT,... ('*=ADDR:PORT' for all slices)")
+    p.add_argument("--layout", metavar="INVENTORY",
+                   help="take each slice's server from a `zoneslice layout` inventory instead")
     m = p.add_mutually_exclusive_group()
     m.add_argument("--timed", action="store_true", help="keep the capture's timing (scaled by --speed)")
     m.add_argument("--closed-loop", action="store_true", help="fixed queries in flight per slice (default)")

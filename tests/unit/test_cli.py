@@ -161,3 +161,43 @@ def test_split_with_origin_option(tmp_path: Path) -> None:
     run = Run("split", zone, "--parts", "2", "--out", tmp_path / "s", "--origin", "Example")
     assert run.status == 0, run.stderr
     assert load_manifest(tmp_path / "s").origin == "example."
+
+
+def test_replay_through_a_layout_inventory(zone: Path, sliced: Path, tmp_path: Path) -> None:
+    """`replay --layout` sends each slice's queries to the server the inventory names for it
+    (real `zoneslice serve` processes on loopback)."""
+    import yaml
+
+    from datasets.gen_trace import TraceParams, generate, names_from_zone
+    from zoneslice.demo import start_slice_servers, stop_servers
+
+    m = load_manifest(sliced)
+    trace = tmp_path / "t.pcap"
+    generate(trace, names_from_zone(zone, m.plan.origin), m.origin,
+             TraceParams(queries=1200, duration=5.0, seed=2, tcp=0.0, chaos=0.0))  # fmt: skip
+    servers, procs = start_slice_servers(sliced / "manifest.json", m)
+    try:
+        hosts = {
+            f"ns-{chr(97 + i)}": {"zoneslice_slice": i, "zoneslice_listen": f"{a}:{p}"}
+            for i, (a, p) in servers.items()
+        }
+        inv = tmp_path / "inventory.yml"
+        inv.write_text(yaml.safe_dump({"all": {"children": {"slice_servers": {"hosts": hosts}}}}))
+        run = Run("replay", trace, "--manifest", sliced, "--layout", inv, "--json")
+    finally:
+        stop_servers(procs)
+    assert run.status == cli.ExitStatus.OK, run.stderr
+    report = json.loads(run.stdout)
+    assert report["sent"] == 1200 and report["answered"] == 1200 and report["lost"] == 0
+    by_slice = {s["slice"]: s for s in report["slices"]}
+    assert set(by_slice) == {0, 1, 2}
+    for i, (a, p) in servers.items():
+        assert by_slice[i]["server"] == f"{a}:{p}"
+        assert by_slice[i]["answered"] == by_slice[i]["sent"] > 0
+    assert "REFUSED" not in report["rcodes"]
+
+
+def test_replay_needs_servers_or_layout(sliced: Path, tmp_path: Path) -> None:
+    run = Run("replay", tmp_path / "none.pcap", "--manifest", sliced)
+    assert run.status == cli.ExitStatus.USAGE
+    assert "--layout" in run.stderr

@@ -198,3 +198,16 @@ def write_tsig_key(
     with os.fdopen(fd, "w") as fh:
         fh.write(f'key "{name}" {{\n\talgorithm {algorithm};\n\tsecret "{secret}";\n}};\n')
     return p
+
+
+def slice_listeners(path: str | os.PathLike[str]) -> dict[int, list[str]]:
+    """``{slice: [ADDR:PORT, ...]}`` of the slice servers of an inventory, by host name."""
+    hostvars, _groups = resolve(load_inventory(path))
+    out: dict[int, list[str]] = {}
+    for host in sorted(hostvars):
+        hv = hostvars[host]
+        if hv.get("zoneslice_slice") is not None and hv.get("zoneslice_listen"):
+            out.setdefault(int(hv["zoneslice_slice"]), []).append(str(hv["zoneslice_listen"]))
+    if not out:
+        raise LayoutError(f"{path}: no slice servers (hosts with zoneslice_slice) in the inventory")
+    return out
