@@ -17,6 +17,7 @@ The cache is bounded; when full the oldest entries go first.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 
@@ -35,9 +36,9 @@ class Entry:
 class AnswerCache:
     """Question key -> :class:`Entry`, with reverse indexes for invalidation."""
 
-    def __init__(self, max_entries: int = 200_000) -> None:
+    def __init__(self, max_entries: int = 1_000_000) -> None:
         self.max_entries = max_entries
-        self.entries: dict[bytes, Entry] = {}
+        self.entries: OrderedDict[bytes, Entry] = OrderedDict()
         self._by_dep: dict[bytes, set[bytes]] = {}
         self._by_subtree: dict[bytes, set[bytes]] = {}
         self._by_gap: dict[tuple, set[bytes]] = {}
@@ -59,8 +60,9 @@ class AnswerCache:
         if key in self.entries:
             self._unlink(key, self.entries[key])
         elif len(self.entries) >= self.max_entries:
-            oldest = next(iter(self.entries))
-            self._unlink(oldest, self.entries.pop(oldest))
+            # popitem is O(1); next(iter(dict)) scans the holes left by earlier deletions.
+            oldest, old_entry = self.entries.popitem(last=False)
+            self._unlink(oldest, old_entry)
         entry.deps = tuple(deps)
         entry.subtree = tuple(subtree)
         entry.gaps = tuple(gaps)

@@ -932,7 +932,7 @@ class Responder:
         *,
         axfr_allowed: Callable[[str], bool] | None = None,
         copy_cd: bool = True,
-        cache_size: int = 100_000,
+        cache_size: int = 1_000_000,
     ) -> None:
         self.path = Path(slice_db)
         self.conn = connect_readonly(self.path)
