@@ -42,8 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import build_slices, log  # noqa: E402
 from datasets.gen_trace import TYPE_MIX, _zipf_choice  # noqa: E402
-from datasets.gen_zone import generate_zone  # noqa: E402
 from tests.netns import netns, require_netns, veth  # noqa: E402
 from zoneslice.manifest import load_manifest  # noqa: E402
 from zoneslice.store.db import connect_readonly  # noqa: E402
@@ -56,29 +56,11 @@ NO_CHILD = {"NS", "SOA", "DS", "DNSKEY"}
 DNSPERF_TYPES = {"A6": "TYPE38"}
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 # ------------------------------------------------------------------ data
 
 
 def build_data(workdir: Path, delegations: int, seed: int) -> tuple[Path, Path]:
-    """Zone file and slice directory, reused when already built with the same parameters."""
-    d = workdir / f"zone-{delegations}-{seed}"
-    zone, slices = d / "zone.txt", d / "slices"
-    if not (slices / "manifest.json").exists():
-        d.mkdir(parents=True, exist_ok=True)
-        from zoneslice.split import split_zone
-
-        t = time.monotonic()
-        st = generate_zone(zone, delegations=delegations, seed=seed)
-        log(f"zone: {st.records} records in {time.monotonic() - t:.1f} s")
-        shutil.rmtree(slices, ignore_errors=True)
-        t = time.monotonic()
-        split_zone(zone, 3, slices)
-        log(f"split in 3: {time.monotonic() - t:.1f} s")
-    return zone, slices
+    return build_slices(workdir, delegations, seed, parts=3)
 
 
 def write_queries(

@@ -48,14 +48,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 import dns.name  # noqa: E402
 import dns.rdatatype  # noqa: E402
 
-from datasets.gen_zone import generate_zone  # noqa: E402
+from bench._common import build_slices, log  # noqa: E402
 from tests.netns import netns, require_netns, veth  # noqa: E402
 from zoneslice.engine.server import Background  # noqa: E402
 from zoneslice.hot import entries as E  # noqa: E402
 from zoneslice.hot.hotset import write_counts  # noqa: E402
 from zoneslice.hot.serving import hot_path  # noqa: E402
 from zoneslice.manifest import load_manifest  # noqa: E402
-from zoneslice.split import split_zone  # noqa: E402
 from zoneslice.store.db import connect_readonly  # noqa: E402
 from zoneslice.store.keys import key_name  # noqa: E402
 from zoneslice.xdp import frames, testrun  # noqa: E402
@@ -65,21 +64,11 @@ SRV, CLI = "10.53.252.1", "10.53.252.2"
 SATURATE = 1_000_000
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 # ------------------------------------------------------------------ data
 
 
 def build(work: Path, delegations: int, seed: int) -> tuple[Path, Path]:
-    d = work / f"zone-{delegations}-{seed}"
-    zone, slices = d / "zone.txt", d / "slices"
-    if not (slices / "manifest.json").exists():
-        d.mkdir(parents=True, exist_ok=True)
-        generate_zone(zone, delegations=delegations, seed=seed)
-        shutil.rmtree(slices, ignore_errors=True)
-        split_zone(zone, 1, slices)
+    zone, slices = build_slices(work, delegations, seed, parts=1)
     return zone, load_manifest(slices).slice_path(0)
 
 

@@ -1280,6 +1280,13 @@ class Responder:
             + (" OR origin = 4" if include_nsec3 else "")
             + " ORDER BY rkey, rdtype, covers"
         )
+
+        def encode(batch: Answer) -> bytes:
+            return wire.encode(
+                q.ident, flags, question, batch, limit=_TCP_MAX, tcp=True, dnssec=False,
+                opt=None, seeds=origin_q,
+            )
+
         conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         try:
             batch = Answer()
@@ -1295,31 +1302,11 @@ class Responder:
                 batch.add(ANSWER, rr)
                 size += len(rdata) + 64
                 if size > 12000:
-                    yield wire.encode(
-                        q.ident,
-                        flags,
-                        question,
-                        batch,
-                        limit=_TCP_MAX,
-                        tcp=True,
-                        dnssec=False,
-                        opt=None,
-                        seeds=origin_q,
-                    )
+                    yield encode(batch)
                     batch = Answer()
                     size = 0
             batch.add(ANSWER, soa.with_owner(soa.owner, "last"))
-            yield wire.encode(
-                q.ident,
-                flags,
-                question,
-                batch,
-                limit=_TCP_MAX,
-                tcp=True,
-                dnssec=False,
-                opt=None,
-                seeds=origin_q,
-            )
+            yield encode(batch)
         finally:
             conn.close()
 
