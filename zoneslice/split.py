@@ -105,6 +105,8 @@ def _unescape(prefix: bytes) -> bytes:
 
 _MAX_WORKERS = 2
 _PARALLEL_MIN_BYTES = 32 << 20
+# Memory-mapped reads of staging, capped so that memory does not grow with the zone.
+_STAGING_MMAP = 128 << 20
 
 
 def _is_gzip(path: Path) -> bool:
@@ -184,7 +186,7 @@ def _attach_staging(conn: sqlite3.Connection, staging: list[Path]) -> None:
     arms = []
     for i, path in enumerate(staging):
         conn.execute(f"ATTACH DATABASE ? AS s{i}", (str(path),))
-        conn.execute(f"PRAGMA s{i}.mmap_size = {1 << 34}")
+        conn.execute(f"PRAGMA s{i}.mmap_size = {_STAGING_MMAP}")
         arms.append(f"SELECT * FROM s{i}.st")
     conn.execute("CREATE TEMP VIEW st AS " + " UNION ALL ".join(arms))
 
