@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from bench._common import build_slices, log  # noqa: E402
 from datasets.gen_trace import TYPE_MIX, _zipf_choice  # noqa: E402
 from tests.netns import netns, require_netns, veth  # noqa: E402
+from tests.nsd import nsd_config  # noqa: E402
 from zoneslice.manifest import load_manifest  # noqa: E402
 from zoneslice.store.db import connect_readonly  # noqa: E402
 from zoneslice.store.keys import key_labels  # noqa: E402
@@ -184,27 +185,9 @@ def start_zoneslice(
 def start_nsd(ns: Any, work: Path, addr: str, port: int, *, zone: Path, workers: int):
     d = work / "nsd"
     d.mkdir(parents=True, exist_ok=True)
-    conf = f"""server:
-  ip-address: {addr}@{port}
-  username: ""
-  chroot: ""
-  zonesdir: "{zone.parent}"
-  pidfile: "{d}/nsd.pid"
-  database: ""
-  xfrdfile: "{d}/xfrd.state"
-  zonelistfile: "{d}/zone.list"
-  xfrdir: "{d}"
-  logfile: "{d}/nsd.log"
-  server-count: {workers}
-  reuseport: yes
-  rrl-ratelimit: 0
-  verbosity: 1
-remote-control:
-  control-enable: no
-zone:
-  name: com.
-  zonefile: {zone.name}
-"""
+    conf = nsd_config(
+        zone, "com.", d, addr, port, server_count=workers, extra_server=["reuseport: yes"]
+    )
     (d / "nsd.conf").write_text(conf)
     return ns.popen(
         ["nsd", "-d", "-c", str(d / "nsd.conf")],

@@ -50,6 +50,7 @@ import dns.rdatatype  # noqa: E402
 
 from bench._common import build_slices, log  # noqa: E402
 from tests.netns import netns, require_netns, veth  # noqa: E402
+from tests.nsd import nsd_config  # noqa: E402
 from zoneslice.engine.server import Background  # noqa: E402
 from zoneslice.hot import entries as E  # noqa: E402
 from zoneslice.hot.hotset import write_counts  # noqa: E402
@@ -213,27 +214,7 @@ zone:
 def nsd(srv: Any, work: Path, zone: Path) -> Iterator[None]:
     d = work / "nsd"
     d.mkdir(parents=True, exist_ok=True)
-    (d / "nsd.conf").write_text(
-        f"""server:
-  ip-address: {SRV}@53
-  username: ""
-  chroot: ""
-  zonesdir: "{zone.parent}"
-  pidfile: "{d}/nsd.pid"
-  database: ""
-  xfrdfile: "{d}/xfrd.state"
-  zonelistfile: "{d}/zone.list"
-  xfrdir: "{d}"
-  server-count: 1
-  rrl-ratelimit: 0
-  verbosity: 0
-remote-control:
-  control-enable: no
-zone:
-  name: com.
-  zonefile: {zone.name}
-"""
-    )
+    (d / "nsd.conf").write_text(nsd_config(zone, "com.", d, SRV, 53))
     p = srv.popen(
         ["nsd", "-d", "-c", str(d / "nsd.conf")],
         stdout=subprocess.DEVNULL,

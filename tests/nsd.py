@@ -30,6 +30,47 @@ import dns.query
 import dns.rcode
 
 
+def nsd_config(
+    zonefile: Path,
+    origin: str,
+    workdir: Path,
+    addr: str,
+    port: int,
+    *,
+    server_count: int = 1,
+    extra_server: list[str] | tuple[str, ...] = (),
+    extra_zone: list[str] | tuple[str, ...] = (),
+) -> str:
+    """nsd.conf for NSD as a reference: all state in ``workdir``, runs as root without
+    chroot, and no response rate limiting (Debian's default would skew every comparison)."""
+    server = [
+        f"ip-address: {addr}@{port}",
+        'username: ""',
+        'chroot: ""',
+        f'zonesdir: "{workdir}"',
+        f'pidfile: "{workdir}/nsd.pid"',
+        'database: ""',
+        f'xfrdfile: "{workdir}/xfrd.state"',
+        f'zonelistfile: "{workdir}/zone.list"',
+        f'xfrdir: "{workdir}"',
+        f'logfile: "{workdir}/nsd.log"',
+        f"server-count: {server_count}",
+        "rrl-ratelimit: 0",
+        "rrl-whitelist-ratelimit: 0",
+        "verbosity: 1",
+        "zonefiles-write: 0",
+        *extra_server,
+    ]
+    zone = [f"name: {origin}", f'zonefile: "{Path(zonefile).resolve()}"', *extra_zone]
+    return (
+        "server:\n"
+        + "".join(f"  {line}\n" for line in server)
+        + "remote-control:\n  control-enable: no\n"
+        + "zone:\n"
+        + "".join(f"  {line}\n" for line in zone)
+    )
+
+
 def free_port(addr: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on ``addr``."""
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
@@ -83,31 +124,9 @@ class NsdServer:
         self.dir: Path | None = None
 
     def config(self, workdir: Path, port: int) -> str:
-        server = [
-            f"ip-address: {self.addr}@{port}",
-            'username: ""',
-            'chroot: ""',
-            f'zonesdir: "{workdir}"',
-            f'pidfile: "{workdir}/nsd.pid"',
-            'database: ""',
-            f'xfrdfile: "{workdir}/xfrd.state"',
-            f'zonelistfile: "{workdir}/zone.list"',
-            f'xfrdir: "{workdir}"',
-            f'logfile: "{workdir}/nsd.log"',
-            "server-count: 1",
-            "rrl-ratelimit: 0",
-            "rrl-whitelist-ratelimit: 0",
-            "verbosity: 1",
-            "zonefiles-write: 0",
-            *self.extra_server,
-        ]
-        zone = [f"name: {self.origin}", f'zonefile: "{self.zonefile}"', *self.extra_zone]
-        return (
-            "server:\n"
-            + "".join(f"  {line}\n" for line in server)
-            + "remote-control:\n  control-enable: no\n"
-            + "zone:\n"
-            + "".join(f"  {line}\n" for line in zone)
+        return nsd_config(
+            self.zonefile, self.origin, workdir, self.addr, port, extra_server=self.extra_server,
+            extra_zone=self.extra_zone,
         )
 
     def _log(self) -> str:

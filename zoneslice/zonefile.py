@@ -20,7 +20,7 @@ import io
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,7 +151,6 @@ class _State:
     ttl: int | None = None
     last_ttl: int | None = None
     owner_key: bytes | None = None
-    owner_name: dns.name.Name | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -163,7 +162,6 @@ class ZoneReader:
         path: str | os.PathLike[str],
         origin: dns.name.Name | str | None = None,
         *,
-        on_bytes: Callable[[int], None] | None = None,
         window: tuple[int, int] | None = None,
         first_line: int = 1,
         initial: tuple[dns.name.Name, int | None] | None = None,
@@ -179,7 +177,6 @@ class ZoneReader:
         if isinstance(origin, str):
             origin = dns.name.from_text(origin)
         self.zone_origin: dns.name.Name | None = origin.canonicalize() if origin else None
-        self.on_bytes = on_bytes
         self.records = 0
         self.soa_serial: int | None = None
         self.soa_minimum: int | None = None
@@ -476,7 +473,7 @@ class ZoneReader:
                 target = Path(st.filename).parent / target
             inner = _State(
                 filename=str(target), origin=st.origin, ttl=st.ttl, last_ttl=st.last_ttl,
-                owner_key=st.owner_key, owner_name=st.owner_name, extra=dict(st.extra),
+                owner_key=st.owner_key, extra=dict(st.extra),
             )
             if len(tokens) == 3:
                 origin = self._slow_name(st, tokens[2], line)
