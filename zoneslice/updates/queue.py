@@ -94,6 +94,9 @@ class UpdateQueue:
     ``on_commit(names)`` runs in the writer thread after each commit that changed
     the zone, before the group's answers are released: the place to invalidate
     caches (and, later, XDP maps) so that no stale answer follows an ack.
+    ``in_transaction(conn, changesets)`` runs inside the transaction, before the
+    commit, so that what it writes (the per-slice projection of the changes)
+    commits or rolls back with them.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class UpdateQueue:
         serial_policy: str = "increment",
         max_batch: int = 256,
         on_commit: Callable[[set[dns.name.Name]], None] | None = None,
+        in_transaction: Callable[[sqlite3.Connection, list[journal.Changeset]], None] | None = None,
     ) -> None:
         if serial_policy not in ddns.SERIAL_POLICIES:
             raise ValueError(f"serial policy must be one of {ddns.SERIAL_POLICIES}")
@@ -113,6 +117,7 @@ class UpdateQueue:
         self.serial_policy = serial_policy
         self.max_batch = max_batch
         self.on_commit = on_commit
+        self.in_transaction = in_transaction
         self.counters = {"updates": 0, "commits": 0, "changed": 0, "refused": 0}
         self._q: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -138,6 +143,9 @@ class UpdateQueue:
                             serial_policy=self.serial_policy,
                         )
                     )
+                changesets = [r.changeset for r in results if r.changeset is not None]
+                if changesets and self.in_transaction is not None:
+                    self.in_transaction(conn, changesets)
                 conn.execute("COMMIT")
                 self.signal.bump()
             except BaseException:
