@@ -23,7 +23,7 @@ from zoneslice.manifest import load_manifest
 from zoneslice.split import split_zone
 from zoneslice.testbed import local, netns
 from zoneslice.testbed.deploy import deploy
-from zoneslice.testbed.health import UPDATE_CHECK_SKIPPED, check_health
+from zoneslice.testbed.health import PROPAGATION_SKIPPED, check_health
 from zoneslice.testbed.local import BRIDGE_NS, HOST_LINK, PREFIX, STATE
 from zoneslice.trace.partition import routed_queries
 from zoneslice.trace.replay import replay
@@ -132,8 +132,8 @@ def test_up_deploy_health_redeploy_down(tmp_path, zone):
         report = check_health(tb.inventory_path)
         timings["health"] = time.monotonic() - t0
         assert report.ok, report.failures
-        assert len(report.checks) == 13 * 3 + 1 + 3
-        assert report.skipped == [UPDATE_CHECK_SKIPPED]
+        assert len(report.checks) == 13 * 3 + 1 + 3 + 1 + 3
+        assert report.skipped == [PROPAGATION_SKIPPED]
 
         t0 = time.monotonic()
         origin, names = names_from_manifest(sliced)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import sqlite3
 import time
 from pathlib import Path
@@ -19,11 +21,13 @@ import pytest
 
 from zoneslice import journal
 from zoneslice.engine import Responder
+from zoneslice.engine.node import NodeContext
 from zoneslice.errors import KeyFileError
 from zoneslice.split import split_zone
 from zoneslice.updates import ddns
 from zoneslice.updates.acl import UpdatePolicy, parse_keys
-from zoneslice.updates.handler import WatchedResponder, make_update_handler
+from zoneslice.updates.handler import WatchedResponder
+from zoneslice.updates.primary import PrimaryRole
 from zoneslice.updates.queue import Job, UpdateQueue
 
 ZONE = """$ORIGIN example.
@@ -65,6 +69,25 @@ def new() -> dns.update.UpdateMessage:
 def run(q: UpdateQueue, u: dns.message.Message) -> ddns.UpdateResult:
     wire = u.to_wire()
     return q.apply(dns.message.from_wire(wire, one_rr_per_rrset=True), wire)
+
+
+class RoleHandler:
+    """The writer's PrimaryRole driven from the test: ``handler(wire, client) -> answer``."""
+
+    def __init__(self, db: Path, policy: UpdatePolicy, hooks=()) -> None:
+        self.role = PrimaryRole(KEYRING, policy)
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self.role.start(NodeContext(db, None, list(hooks))))
+
+    def __call__(self, wire: bytes, client) -> bytes | None:
+        return self.loop.run_until_complete(self.role.handle(wire, client, False))
+
+    def queue(self) -> UpdateQueue:
+        return self.role.queue
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.role.stop())
+        self.loop.close()
 
 
 def state(db: Path) -> list[tuple]:
@@ -319,11 +342,20 @@ def test_parse_keys() -> None:
         parse_keys("key k3 { algorithm hmac-sha256; };")
 
 
+def test_parse_keys_comments_outside_quotes_only() -> None:
+    """A base64 secret may contain ``//`` (found by a generated testbed key)."""
+    secret = "ab//cd+/" + "A" * 35 + "="
+    ring = parse_keys(
+        f'# c1\nkey "k" {{ algorithm hmac-sha256; // c2\n secret "{secret}"; }}; /* c3 */\n'
+    )
+    assert ring[dns.name.from_text("k")].secret == base64.b64decode(secret)
+
+
 def test_handler_tsig_and_cache(db: Path) -> None:
     responder = Responder(db)
     policy = UpdatePolicy.simple(ORIGIN, KEYRING, allow_unsigned=["10.53.0.9"])
-    handler = make_update_handler(db, KEYRING, policy, on_commit=responder.invalidate)
-    watched = WatchedResponder(responder, handler)
+    handler = RoleHandler(db, policy, [responder.invalidate])
+    watched = WatchedResponder(responder)
     client = ("127.0.0.1", 5353)
 
     def ask() -> list[str]:
@@ -335,7 +367,7 @@ def test_handler_tsig_and_cache(db: Path) -> None:
     u = new()
     u.replace("www", 300, "A", "192.0.2.99")
     u.use_tsig(KEYRING, "k1.")
-    out = watched.respond(u.to_wire(), tcp=False, client=client)
+    out = handler(u.to_wire(), client)
     resp = dns.message.from_wire(out, keyring=KEYRING, request_mac=u.mac)
     assert resp.rcode() == dns.rcode.NOERROR and resp.had_tsig
     assert ask() == ["192.0.2.99"]
@@ -365,7 +397,7 @@ def test_handler_tsig_and_cache(db: Path) -> None:
     u.use_tsig(KEYRING, "k1.")
     handler(u.to_wire(), client)
     assert b"\xc0\x00\x02\x6f" in watched2.respond(qm, tcp=False, client=client)
-    handler.queue().close()
+    handler.close()
     responder.close()
     other.close()
 
@@ -415,7 +447,7 @@ def test_badtime(db: Path) -> None:
     import dns.rdtypes.ANY.TSIG
 
     policy = UpdatePolicy.simple(ORIGIN, KEYRING)
-    handler = make_update_handler(db, KEYRING, policy)
+    handler = RoleHandler(db, policy)
     before = state(db)
     u = new()
     u.delete("www")
@@ -434,11 +466,12 @@ def test_badtime(db: Path) -> None:
     assert r.rcode() == dns.rcode.NOTAUTH and r.tsig[0].error == dns.rcode.BADTIME
     assert abs(int.from_bytes(r.tsig[0].other, "big") - time.time()) < 5
     assert state(db) == before
+    handler.close()
 
 
 def test_key_grants_and_durability(db: Path) -> None:
     policy = UpdatePolicy.from_grants(ORIGIN, KEYRING, ["k1=sub"])
-    handler = make_update_handler(db, KEYRING, policy)
+    handler = RoleHandler(db, policy)
     for name, rcode in (("www", dns.rcode.REFUSED), ("a.sub", dns.rcode.NOERROR)):
         u = new()
         u.add(name, 300, "A", "192.0.2.1")
@@ -450,7 +483,7 @@ def test_key_grants_and_durability(db: Path) -> None:
     assert writer.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert writer.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: fsync per commit
     assert journal.trim(writer.conn, 0) == 1 and journal.changes_since(writer.conn, 100) is None
-    writer.close()
+    handler.close()
     with pytest.raises(KeyFileError):
         UpdatePolicy.from_grants(ORIGIN, KEYRING, ["k9=sub"])
 
@@ -458,9 +491,8 @@ def test_key_grants_and_durability(db: Path) -> None:
 def test_no_stale_answer_after_ack(db: Path) -> None:
     """Every cached answer, in this worker and in another one, matches a fresh Responder."""
     own = Responder(db)
-    handler = make_update_handler(db, KEYRING, UpdatePolicy.simple(ORIGIN, KEYRING),
-                                  on_commit=own.invalidate)
-    workers = [WatchedResponder(own, handler), WatchedResponder(Responder(db))]
+    handler = RoleHandler(db, UpdatePolicy.simple(ORIGIN, KEYRING), [own.invalidate])
+    workers = [WatchedResponder(own), WatchedResponder(Responder(db))]
     questions = [("new.", "A"), ("b.", "A"), ("x.b.", "TXT"), ("a.b.", "A"), ("www.", "ANY"),
                  ("", "SOA"), ("", "NS"), ("zz.", "A"), ("alias.", "A")]
 
@@ -486,6 +518,6 @@ def test_no_stale_answer_after_ack(db: Path) -> None:
         want = ask(fresh, name, rdtype)
         assert [ask(w, name, rdtype) for w in workers] == [want, want], (name, rdtype)
     assert ask(fresh, "zz.", "A")[1]  # the wildcard answers now
-    handler.queue().close()
+    handler.close()
     for r in (own, workers[1].inner, fresh):
         r.close()

@@ -3,14 +3,18 @@
 Every slice server must answer the zone's SOA with the manifest's serial
 (authoritatively), answer a name of its own range (not REFUSED) and REFUSE a
 name of another slice; the primary must answer the SOA and names of every
-slice. The issue's last check (the primary accepts a TSIG-signed UPDATE that
-then appears on the right slice servers) waits for UPDATE support (issue 4)
-and is reported as skipped.
+slice. With a TSIG key in the inventory, the primary must also accept a
+signed UPDATE adding a TXT record in every slice, answer it at once, and,
+when the slice servers are its secondaries, every slice server must answer
+the record of its own slice within ``propagate`` seconds (NOTIFY + IXFR).
+The records are deleted again at the end.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +27,18 @@ import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.update
 
 from zoneslice.errors import DeployError, ManifestError
 from zoneslice.manifest import Manifest, load_manifest
 from zoneslice.slicing import label_from_text
 from zoneslice.testbed.inventory import PRIMARY, SLICE_SERVERS, load_inventory, resolve
+from zoneslice.updates.acl import load_keys
 
-UPDATE_CHECK_SKIPPED = (
-    "primary accepts a TSIG-signed UPDATE that then appears on the slice servers: "
-    "not checked until UPDATE support (issue 4) lands"
+UPDATE_CHECK_SKIPPED = "TSIG-signed UPDATE through the primary: the inventory names no TSIG key"
+PROPAGATION_SKIPPED = (
+    "UPDATE reaching the slice servers: they are not secondaries of the primary "
+    "(zoneslice_secondary_of_primary is false)"
 )
 
 
@@ -127,6 +134,7 @@ def check_health(
     *,
     timeout: float = 1.0,
     tries: int = 3,
+    propagate: float = 20.0,
     progress: Callable[[Check], None] | None = None,
 ) -> HealthReport:
     """Query every primary and slice server of ``inventory`` at its ``zoneslice_listen``.
@@ -149,7 +157,7 @@ def check_health(
     def qname(label: bytes) -> dns.name.Name:
         return dns.name.Name((label,) + origin.labels)
 
-    report = HealthReport(skipped=[UPDATE_CHECK_SKIPPED])
+    report = HealthReport()
 
     def add(check: Check) -> None:
         report.checks.append(check)
@@ -181,4 +189,105 @@ def check_health(
         if m.parts > 1:
             other = owned[(index + 1) % m.parts]
             add(_name_check(host, where, qname(other), True, timeout, tries))
+
+    primaries = sorted(groups.get(PRIMARY, set()))
+    key_file = next((hostvars[h].get("zoneslice_tsig_key_file") for h in primaries), None)
+    if not primaries or not key_file:
+        report.skipped.append(UPDATE_CHECK_SKIPPED)
+        return report
+    hv = hostvars[primaries[0]]
+    secondaries = bool(hv.get("zoneslice_secondary_of_primary"))
+    by_slice: dict[int, list[tuple[str, tuple[str, int]]]] = {}
+    if secondaries:
+        for host in servers:
+            by_slice.setdefault(int(hostvars[host]["zoneslice_slice"]), []).append(
+                (host, _address(hostvars[host]["zoneslice_listen"]))
+            )
+    else:
+        report.skipped.append(PROPAGATION_SKIPPED)
+    for check in update_checks(
+        primaries[0], _address(hv["zoneslice_listen"]), key_file,
+        hv.get("zoneslice_tsig_key_name") or hv.get("zoneslice_tsig_key"), m, by_slice,
+        timeout=timeout, tries=tries, propagate=propagate,
+    ):  # fmt: skip
+        add(check)
     return report
+
+
+def _fresh_label(m: Manifest, index: int, nonce: str) -> bytes:
+    """A new first label (no record there yet) that slice ``index`` owns."""
+    lo, _hi = m.plan.range_of(index)
+    for base in (_owned_label(m, index), lo, lo + b"0"):
+        label = base + f"-zshealth-{nonce}".encode()
+        if len(label) <= 63 and m.plan.slice_for_label(label) == index:
+            return label
+    raise ManifestError(f"cannot make a fresh name in slice {index}")
+
+
+def update_checks(
+    host: str,
+    primary: tuple[str, int],
+    key_file: str | os.PathLike[str],
+    key_name: str | None,
+    m: Manifest,
+    servers: Mapping[int, list[tuple[str, tuple[str, int]]]],
+    *,
+    timeout: float = 1.0,
+    tries: int = 3,
+    propagate: float = 20.0,
+) -> list[Check]:
+    """Add a TXT in every slice through the primary, see it served, then delete it again."""
+    ring = load_keys(key_file)
+    key = dns.name.from_text(key_name) if key_name else next(iter(ring))
+    origin = dns.name.from_text(m.origin)
+    nonce = secrets.token_hex(4)
+    names = {i: dns.name.Name((_fresh_label(m, i, nonce),) + origin.labels) for i in range(m.parts)}
+    text = f'"zoneslice health {nonce}"'
+
+    def send(upd: dns.update.UpdateMessage) -> str | None:
+        try:
+            r = dns.query.tcp(upd, primary[0], port=primary[1], timeout=max(timeout, 5.0))
+        except (dns.exception.DNSException, OSError) as exc:
+            return str(exc)
+        return None if r.rcode() == dns.rcode.NOERROR else dns.rcode.to_text(r.rcode())
+
+    upd = dns.update.UpdateMessage(origin, keyring=ring, keyname=key)
+    for name in names.values():
+        upd.add(name, 300, "TXT", text)
+    failed = send(upd)
+    checks = [Check(host, "accepts a TSIG-signed UPDATE", failed is None, failed or "NOERROR")]
+    if failed is not None:
+        return checks
+
+    def has_txt(where: tuple[str, int], name: dns.name.Name) -> bool:
+        try:
+            r = _ask(where, name, dns.rdatatype.TXT, timeout, 1)
+        except dns.exception.DNSException:
+            return False
+        return any(rrset.rdtype == dns.rdatatype.TXT for rrset in r.answer)
+
+    for name in names.values():
+        ok = has_txt(primary, name)
+        checks.append(Check(host, "answers the update at once", ok, f"{name} TXT"))
+    started = time.monotonic()
+    pending = {(h, where, i) for i, hosts in servers.items() for h, where in hosts}
+    seen: dict[str, float] = {}
+    while pending and time.monotonic() - started < propagate:
+        for h, where, i in sorted(pending):
+            if has_txt(where, names[i]):
+                seen[h] = time.monotonic() - started
+                pending.discard((h, where, i))
+        if pending:
+            time.sleep(0.2)
+    for i, hosts in sorted(servers.items()):
+        for h, _where in hosts:
+            ok = h in seen
+            detail = f"{names[i]} TXT " + (
+                f"after {seen[h]:.1f} s" if ok else f"not served after {propagate:.0f} s"
+            )
+            checks.append(Check(h, "serves the update of its slice", ok, detail))
+    cleanup = dns.update.UpdateMessage(origin, keyring=ring, keyname=key)
+    for name in names.values():
+        cleanup.delete(name)
+    send(cleanup)
+    return checks

@@ -42,6 +42,9 @@ def make_inventory(
     tsig_key_file: str | os.PathLike[str] | None = None,
     tsig_key_name: str = TSIG_KEY_NAME,
     whole_manifest: str | os.PathLike[str] | None = None,
+    secondaries: bool = False,
+    xdp: bool = False,
+    xdp_mode: str = "auto",
     extra_vars: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The inventory as a dict (what ``ansible_runner.run(inventory=...)`` accepts).
@@ -49,7 +52,10 @@ def make_inventory(
     ``root_base`` gives each host its own ``zoneslice_root`` below it (the local
     testbed, whose hosts share one filesystem); otherwise every host uses
     :data:`DEFAULT_ROOT`. ``whole_manifest`` is the one-slice split the primary
-    serves; ``extra_vars`` go into ``all.vars`` (connection settings, say).
+    serves; ``secondaries`` makes the slice servers IXFR secondaries of the
+    primary (which then needs the TSIG key); ``xdp`` attaches the hot path on
+    every slice server in ``xdp_mode``; ``extra_vars`` go into ``all.vars``
+    (connection settings, say).
     """
     if hot_size < 0:
         raise LayoutError(f"hot-set size must be >= 0, not {hot_size}")
@@ -66,6 +72,13 @@ def make_inventory(
         all_vars["zoneslice_primary_manifest"] = str(Path(whole_manifest).resolve())
     if tsig_key_file is not None:
         all_vars["zoneslice_tsig_key_file"] = str(Path(tsig_key_file).resolve())
+    if secondaries:
+        if tsig_key_file is None:
+            raise LayoutError("slice servers as secondaries need a TSIG key file")
+        all_vars["zoneslice_secondary_of_primary"] = True
+    if xdp:
+        all_vars["zoneslice_xdp_enabled"] = True
+        all_vars["zoneslice_xdp_mode"] = xdp_mode
     all_vars.update(extra_vars or {})
 
     nodes: dict[str, Any] = {}

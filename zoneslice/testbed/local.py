@@ -203,11 +203,17 @@ def testbed_up(
     loadgen: int = 1,
     manifest: str | os.PathLike[str] | None = None,
     whole_manifest: str | os.PathLike[str] | None = None,
+    secondaries: bool = False,
+    xdp: bool = False,
     sshd: str = SSHD,
     cleanup_on_failure: bool = True,
     progress: Progress | None = None,
 ) -> Testbed:
     """Build the layout as namespaces reached over SSH; write ``WORKDIR/inventory.yml``.
+
+    ``secondaries`` and ``xdp`` go to the inventory (:func:`make_inventory`); XDP
+    runs in generic mode here, since the bridge side of each veth has no XDP
+    program to receive native XDP_TX frames.
 
     :raises TestbedError: when it cannot; what was built is removed again unless
         ``cleanup_on_failure`` is false (then ``testbed_down`` removes it).
@@ -262,7 +268,9 @@ def testbed_up(
     _save_state(wd, state)
     try:
         _build(wd, state, layout, names, sshd, say)
-        inv = _write_inventory(wd, state, layout, whole_manifest)
+        inv = _write_inventory(
+            wd, state, layout, whole_manifest, secondaries=secondaries, xdp=xdp
+        )
         state["status"] = "up"
         state["seconds_up"] = round(time.monotonic() - t0, 3)
         _save_state(wd, state)
@@ -419,7 +427,13 @@ def _check_logins(wd: Path, addresses: list[str]) -> None:
 
 
 def _write_inventory(
-    wd: Path, state: dict[str, Any], layout: Layout, whole_manifest: str | os.PathLike[str] | None
+    wd: Path,
+    state: dict[str, Any],
+    layout: Layout,
+    whole_manifest: str | os.PathLike[str] | None,
+    *,
+    secondaries: bool = False,
+    xdp: bool = False,
 ) -> dict[str, Any]:
     _record(wd, state, "files", TSIG_KEY)
     key = write_tsig_key(wd / TSIG_KEY)
@@ -429,6 +443,9 @@ def _write_inventory(
         iface=NODE_IFACE,
         tsig_key_file=key,
         whole_manifest=whole_manifest,
+        secondaries=secondaries,
+        xdp=xdp,
+        xdp_mode="generic",
         extra_vars=connection_vars(wd),
     )
     _record(wd, state, "files", INVENTORY)

@@ -29,12 +29,13 @@ _KEY_RE = re.compile(
     r'key\s+(?:"(?P<qname>[^"]*)"|(?P<name>[^\s{]+))\s*\{(?P<body>[^{}]*)\}\s*;?', re.S
 )
 _FIELD_RE = re.compile(r'(?P<field>algorithm|secret)\s+(?:"(?P<q>[^"]*)"|(?P<v>[^;\s]+))\s*;')
-_COMMENT_RE = re.compile(r"(#|//)[^\n]*|/\*.*?\*/", re.S)
+_COMMENT_RE = re.compile(r'("[^"]*")|(?:#|//)[^\n]*|/\*.*?\*/', re.S)
+"""A comment, unless inside quotes (a base64 secret may hold ``//``): group 1 keeps those."""
 
 
 def parse_keys(text: str, source: str = "<text>") -> Keyring:
     """Every key clause of BIND key-file text (algorithm defaults to hmac-sha256)."""
-    text = _COMMENT_RE.sub("", text)
+    text = _COMMENT_RE.sub(lambda m: m.group(1) or "", text)
     ring: Keyring = {}
     pos = 0
     for m in _KEY_RE.finditer(text):
