@@ -10,7 +10,7 @@ DEMO_DIR ?= out/demo
 DELEGATIONS ?= 20000
 PARTS ?= 3
 
-.PHONY: setup demo test lint bench-split bench-engine bench-pcap bench-xdp clean
+.PHONY: setup demo test lint bench-split bench-engine bench-pcap bench-xdp bench-update clean
 
 setup:
 	bash scripts/setup.sh
@@ -35,6 +35,9 @@ bench-pcap: setup
 
 bench-xdp: setup
 	$(PY) bench/bench_xdp.py
+
+bench-update: setup
+	$(PY) bench/bench_update.py
 
 clean:
 	rm -rf out .pytest_cache

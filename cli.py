@@ -448,32 +448,59 @@ def _cmd_serve(args: argparse.Namespace, env: Environment) -> int:
     else:
         raise argparse.ArgumentTypeError("give SLICE_DB or --manifest M --slice I")
     listen = [parse_listen(x) for x in args.listen] or None
+    role = _xfr_secondary_role(args, source) or _node_role(args, source)
+    factory = None
+    if args.responder:
+        import importlib
 
-    def run() -> None:
+        mod, _, attr = args.responder.partition(":")
+        factory = getattr(importlib.import_module(mod), attr)
+    elif args.tsig_keys:
+        factory = _xfr_responder_factory(args)
+
+    def run(hooks: list | None = None) -> None:
         serve(
             source,
             listen,
             args.workers,
             stats_path=args.stats,
             axfr_allow=args.axfr_allow,
-            responder_factory=_update_factory(args, source),
+            responder_factory=factory,
+            responder_options={"cache_size": args.cache_size} if args.cache_size else None,
+            role=role,
+            commit_hooks=hooks or (),
         )
 
     if args.xdp is None:
         run()
         return ExitStatus.OK
+    # ---- --xdp (helper C): hot set in XDP maps, kept coherent and re-ranked from live counts
+    import tempfile
+
     from zoneslice.engine.server import resolve_source
+    from zoneslice.hot.live import counting_factory, read_live_counts
     from zoneslice.hot.serving import hot_path
 
     port = listen[0][1] if listen else 53
-    with hot_path(
-        resolve_source(source), args.xdp, top=args.hot, counts=args.hot_counts,
-        mode=args.xdp_mode, port=port,
-    ) as hot:
-        try:
-            run()
-        finally:
-            env.err_console.print(f"XDP counters on {args.xdp}: {hot.path.counters()}")
+    every = args.hot_refresh if args.hot_refresh is not None else (0 if args.hot_counts else 30)
+    with tempfile.TemporaryDirectory(prefix="zoneslice-live-") as tmp:
+        live_dir = args.stats or tmp
+        live = None
+        if every > 0:
+            factory = counting_factory(factory, live_dir, half_life=every)  # noqa: F841 - run()
+
+            def live() -> object:
+                return read_live_counts(live_dir, max_age=max(10.0, 2 * every))
+
+        with hot_path(
+            resolve_source(source), args.xdp, top=args.hot, counts=args.hot_counts,
+            mode=args.xdp_mode, port=port, live_counts=live, refresh_every=every or 60.0,
+            stats_dir=args.stats,
+        ) as hot:
+            try:
+                run([hot.on_update] if role is not None else None)
+            finally:
+                env.err_console.print(f"XDP counters on {args.xdp}: {hot.path.counters()}")
     return ExitStatus.OK
 
 
@@ -499,23 +526,85 @@ def _cmd_hot(args: argparse.Namespace, env: Environment) -> int:
     return ExitStatus.OK
 
 
-def _update_factory(args: argparse.Namespace, source: object):
-    """A Responder factory that takes UPDATEs (RFC 2136 + TSIG) when --tsig-keys or --allow-update is given."""
+def _node_role(args: argparse.Namespace, source: object):
+    """The writer's role: a primary taking UPDATEs (RFC 2136 + TSIG) when --tsig-keys or
+    --allow-update is given, else None (a read-only server)."""
     if not (args.tsig_keys or args.allow_update):
         return None
-    import contextlib
-
-    from zoneslice.engine import Responder
-    from zoneslice.engine.server import resolve_source
-    from zoneslice.store.db import connect_readonly, read_meta
-    from zoneslice.updates.acl import UpdatePolicy, load_keys
-    from zoneslice.updates.handler import updating_responder_factory
+    from zoneslice.engine.server import parse_listen, resolve_source
+    from zoneslice.updates.acl import load_keys
+    from zoneslice.updates.primary import primary_role_factory
 
     ring = load_keys(args.tsig_keys) if args.tsig_keys else {}
-    with contextlib.closing(connect_readonly(resolve_source(source))) as conn:
-        origin = read_meta(conn)["origin"]
-    policy = UpdatePolicy.from_grants(origin, ring, args.update_grant, args.allow_update)
-    return updating_responder_factory(Responder, ring, policy, serial_policy=args.serial_policy)
+    return primary_role_factory(
+        resolve_source(source), ring, grants=args.update_grant, allow_unsigned=args.allow_update,
+        serial_policy=args.serial_policy, notify=[parse_listen(x) for x in args.notify],
+        notify_delay=args.notify_delay,
+        **_xfr_primary_options(args, source),
+    )  # fmt: skip
+
+
+# ---- replication (issue 4, helper A): secondary role, slice projection, TSIG on transfers ----
+
+
+def _xfr_secondary_role(args: argparse.Namespace, source: object):
+    """``--primary ADDR:PORT``: this server is a secondary (a slice server when its database
+    has N parts) following the primary by IXFR/AXFR and forwarding UPDATEs to it."""
+    if not args.primary:
+        return None
+    from zoneslice.engine.server import parse_listen
+    from zoneslice.xfr.secondary import secondary_role_factory
+
+    ring = None
+    if args.tsig_keys:
+        from zoneslice.updates.acl import load_keys
+
+        ring = load_keys(args.tsig_keys)
+    return secondary_role_factory(
+        parse_listen(args.primary), keyring=ring, keyname=args.primary_key, refresh=args.refresh
+    )
+
+
+def _xfr_primary_options(args: argparse.Namespace, source: object) -> dict:
+    """``--slice-plan MANIFEST``: project every commit onto that plan's slices (slice IXFR)."""
+    if not args.slice_plan:
+        return {}
+    import contextlib
+    import sqlite3
+
+    from zoneslice.engine.server import resolve_source
+    from zoneslice.manifest import load_manifest
+    from zoneslice.xfr.projection import Projector
+
+    proj = Projector(load_manifest(args.slice_plan).plan)
+    with contextlib.closing(sqlite3.connect(resolve_source(source), isolation_level=None)) as c:
+        proj.install(c)
+    return {"in_transaction": proj.in_transaction}
+
+
+def _xfr_responder_factory(args: argparse.Namespace):
+    """Transfers (AXFR/IXFR) signed with the keys of ``--tsig-keys`` are verified and signed."""
+    from zoneslice.updates.acl import load_keys
+    from zoneslice.xfr.transfer import keyed_responder_factory
+
+    return keyed_responder_factory(load_keys(args.tsig_keys))
+
+
+# ---- end of replication ----------------------------------------------------------------------
+
+
+def _cmd_updgen(args: argparse.Namespace, env: Environment) -> int:
+    from zoneslice.engine.server import parse_listen
+    from zoneslice.updates.updgen import write_stream
+
+    server = parse_listen(args.server) if args.server else None
+    text, counts = write_stream(args.zonefile, args.out, args.count, seed=args.seed,
+                                batch=args.batch, server=server, origin=args.origin)
+    if args.out is None:
+        sys.stdout.write(text)
+    summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+    env.err_console.print(f"updgen: {args.count} operations ({summary})", highlight=False)
+    return ExitStatus.OK
 
 
 def _cmd_stats(args: argparse.Namespace, env: Environment) -> int:
@@ -583,10 +672,29 @@ def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
                    help="client allowed to send unsigned UPDATEs (repeatable; default none)")
     p.add_argument("--serial-policy", choices=("increment", "unixtime"), default="increment",
                    help="how an UPDATE bumps the SOA serial (default increment)")
+    p.add_argument("--notify", action="append", default=[], metavar="ADDR:PORT",
+                   help="secondary to NOTIFY after each committed UPDATE (repeatable)")
+    p.add_argument("--notify-delay", type=float, default=0.1, metavar="SECONDS",
+                   help="at most one NOTIFY per this interval, with the latest serial (default 0.1)")
+    # replication (issue 4, helper A)
+    p.add_argument("--slice-plan", metavar="MANIFEST",
+                   help="primary: project each commit onto this N-part manifest's slices (slice IXFR)")
+    p.add_argument("--primary", metavar="ADDR:PORT",
+                   help="secondary of this primary: IXFR/AXFR on NOTIFY and SOA refresh; UPDATEs forwarded")
+    p.add_argument("--primary-key", metavar="NAME",
+                   help="TSIG key (from --tsig-keys) signing transfers from the primary")
+    p.add_argument("--refresh", type=float, metavar="SECONDS",
+                   help="secondary: check the primary this often (default: the SOA refresh/retry)")
+    p.add_argument("--cache-size", type=int, help="answer cache entries per worker")
+    p.add_argument("--responder", metavar="MODULE:CALLABLE",
+                   help="replace the Responder (tests and benchmarks)")
     p.add_argument("--xdp", metavar="IFACE", help="answer the hot set from XDP on this interface")
     p.add_argument("--hot", type=int, default=10000, help="answers to load into the XDP maps")
     p.add_argument("--hot-counts", metavar="FILE", help="`zoneslice hot` output ranking the names")
     p.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto")
+    p.add_argument("--hot-refresh", type=float, metavar="SECONDS",
+                   help="re-rank the hot set from live query counts this often (default: 30 "
+                        "without --hot-counts, off with it; 0: off)")
     p.add_argument("--ebpf", action="store_true", help="print the XDP program and exit")
     p.set_defaults(func=_cmd_serve)
 
@@ -596,6 +704,16 @@ def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="hot.json")
     p.add_argument("--top", type=int, help="keep the N most frequent per slice")
     p.set_defaults(func=_cmd_hot)
+
+    p = sub.add_parser("updgen", help="nsupdate script of TLD-like changes valid for a zone (ISC updgen)")
+    p.add_argument("zonefile", help="master file of the zone the updates apply to")
+    p.add_argument("--count", type=int, required=True, help="operations to write")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="operations per UPDATE message")
+    p.add_argument("--out", help="output file (default stdout)")
+    p.add_argument("--server", metavar="ADDR:PORT", help="start the script with a server line")
+    p.add_argument("--origin", help="zone origin when the file has no $ORIGIN/SOA to tell")
+    p.set_defaults(func=_cmd_updgen)
 
     p = sub.add_parser("stats", help="counters of a running `zoneslice serve --stats DIR`")
     p.add_argument("stats", help="the --stats directory")
@@ -643,7 +761,8 @@ def _cmd_layout(args: argparse.Namespace, env: Environment) -> int:
         key = write_tsig_key(Path(args.output).resolve().parent / "tsig.key")
     inv = make_inventory(
         layout, root_base=args.root_base, iface=args.iface, hot_size=args.hot_size,
-        tsig_key_file=key, whole_manifest=args.whole_manifest,
+        tsig_key_file=key, whole_manifest=args.whole_manifest, secondaries=args.secondaries,
+        xdp=args.xdp, xdp_mode=args.xdp_mode,
     )  # fmt: skip
     if args.output == "-":
         env.console.print(inventory_yaml(inv), end="", markup=False, highlight=False)
@@ -760,7 +879,8 @@ def _cmd_testbed(args: argparse.Namespace, env: Environment) -> int:
     if args.action == "up":
         tb = local.testbed_up(
             args.servers, args.parts, args.workdir, primary=args.primary, loadgen=args.loadgen,
-            manifest=args.manifest, whole_manifest=args.whole_manifest, progress=say,
+            manifest=args.manifest, whole_manifest=args.whole_manifest,
+            secondaries=args.secondaries, xdp=args.xdp, progress=say,
         )  # fmt: skip
         env.err_console.print(_layout_table(tb.layout, f"{len(tb.layout.hosts)} hosts up"))
         env.console.print(
@@ -800,6 +920,9 @@ def _add_layout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loadgen", type=int, default=1, help="load generators lg-1 ...")
     p.add_argument("--manifest", help="manifest of the split the slice servers serve")
     p.add_argument("--whole-manifest", help="manifest of a --parts 1 split, served by the primary")
+    p.add_argument("--secondaries", action="store_true",
+                   help="slice servers follow the primary by IXFR (NOTIFY, TSIG) and forward UPDATEs")
+    p.add_argument("--xdp", action="store_true", help="attach the XDP hot path on every slice server")
 
 
 def _add_testbed_parsers(sub: argparse._SubParsersAction) -> None:
@@ -809,6 +932,7 @@ def _add_testbed_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root-base", help="per-host directories below this (default /var/lib/zoneslice)")
     p.add_argument("--iface", default="eth0", help="interface the XDP program will attach to")
     p.add_argument("--hot-size", type=int, default=65536, help="answers in each node's hot set")
+    p.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto")
     p.add_argument("--tsig-key", help="TSIG key file (default: tsig.key beside the inventory, "
                    "created when missing)")
     p.set_defaults(func=_cmd_layout)

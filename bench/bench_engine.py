@@ -165,8 +165,8 @@ def start_zoneslice(
     d.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
-        "-m",
-        "zoneslice.engine.server",
+        str(ROOT / "cli.py"),
+        "serve",
         str(slice_db),
         "--listen",
         f"{addr}:{port}",

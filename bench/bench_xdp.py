@@ -22,6 +22,11 @@ Also printed: the program's cost per packet from BPF_PROG_TEST_RUN (median of
 single runs minus the median for a non-IP frame, which measures the harness;
 and ``repeat`` over one unchanged buffer for the pass path).
 Results: stdout and ``<workdir>/results.json``.
+
+``--counting-cost`` measures only what the workers' live (qname, qtype) counting
+(zoneslice.hot.live, used by ``serve --xdp`` to re-rank the hot set) costs the
+engine: server CPU time per answered query at a fixed dnsperf rate, with and
+without it, alternated three times.
 """
 
 from __future__ import annotations
@@ -287,6 +292,48 @@ def program_cost(slice_db: Path, cuts: list[dns.name.Name], runs: int = 20000) -
     return out
 
 
+# ------------------------------------------------------------------ live counting cost
+
+
+def counting_cost(
+    slice_db: Path, qfile: Path, work: Path, seconds: float, rounds: int, rate: int = 8000
+) -> dict[str, Any]:
+    """What the workers' live (qname, qtype) counting costs the engine: server CPU time per
+    answered query at a fixed dnsperf rate (2 workers), with and without it, alternated
+    ``rounds`` times (CPU per query is far less disturbed by other load than a ceiling)."""
+    from bench_engine import dnsperf, ns_cpu
+
+    from zoneslice.hot.live import counting_factory
+
+    live = work / "live"
+    live.mkdir(exist_ok=True)
+    out: dict[str, Any] = {"rate": rate, "plain": [], "counting": []}
+    with (
+        netns("bcsrv") as srv,
+        netns("bccli") as cli,
+        veth(srv, cli, f"{SRV}/24", f"{CLI}/24"),
+    ):
+        for _ in range(rounds):
+            for label, factory in (("plain", None), ("counting", counting_factory(None, live))):
+                with in_netns(srv.name):
+                    server = Background(slice_db, [(SRV, 53)], workers=2, responder_factory=factory)
+                with server:
+                    _wait(cli, label)
+                    dnsperf(cli, SRV, 53, qfile, seconds, 16, 200, None, passes=1)  # warm caches
+                    cpu = ns_cpu(srv)
+                    r = dnsperf(cli, SRV, 53, qfile, seconds, 16, 200, rate)
+                    cpu = ns_cpu(srv) - cpu
+                us = 1e6 * cpu / max(1, r["answered"])
+                out[label].append(round(us, 2))
+                log(
+                    f"  {label}: {us:.2f} us CPU per query ({r['answered']} answered, "
+                    f"loss {100 * r['loss']:.2f} %)"
+                )
+    best = {k: min(out[k]) for k in ("plain", "counting")}
+    out["cost_percent"] = round(100 * (best["counting"] / best["plain"] - 1), 2)
+    return out
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -307,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="GRO on and NAPI in a kernel thread on the server veth (for every server alike)",
     )
+    ap.add_argument(
+        "--counting-cost",
+        action="store_true",
+        help="only measure what the workers' live query counting costs the engine (dnsperf)",
+    )
     args = ap.parse_args(argv)
     require_netns()
     for tool in ("kxdpgun", "knotd", "nsd", "dig"):
@@ -323,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     write_counts(chot, counts_of(qhot))
     write_counts(cmix, counts_of(qmix))
     log(f"zone {args.delegations} delegations; query files {qhot.name}, {qmix.name}")
+    if args.counting_cost:
+        c = counting_cost(slice_db, qmix.with_suffix(".dnsperf"), work, args.duration, 3)
+        print(json.dumps(c, indent=1))
+        return 0
 
     res: dict[str, Any] = {"args": vars(args), "runs": {}, "hotset": {}}
     log("per-packet cost (BPF_PROG_TEST_RUN)")

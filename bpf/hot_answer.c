@@ -24,6 +24,8 @@
 BPF_ARRAY(zs_config, struct zs_config, 1);
 BPF_PERCPU_ARRAY(zs_counters, __u64, ZS_C_MAX);
 BPF_PERCPU_ARRAY(zs_scratch, struct zs_scratch, 1);
+/* Answers sent per hot key, so the live ranking sees the names the engine no longer does. */
+BPF_PERCPU_ARRAY(zs_hits, __u64, ZS_MAX_SLOTS);
 /* No preallocation: a replaced or deleted element is freed after an RCU grace
  * period, so a reader never sees an answer half overwritten by an update. */
 BPF_F_TABLE("hash", struct zs_key, struct zs_answer, zs_exact, ZS_MAX_EXACT, BPF_F_NO_PREALLOC);
@@ -37,6 +39,7 @@ BPF_F_TABLE("hash", struct zs_addr, __u8, zs_addrs, 64, 0);
 #define T_DS 43
 #define T_RRSIG 46
 #define T_NSEC 47
+#define T_ANY 255
 #define O_COOKIE 10
 
 struct vlanhdr {
@@ -359,7 +362,9 @@ static __always_inline int verify_checksum(struct zs_config *cfg, struct zs_scra
 /* Phase 6: the cut at or above the name, else an exact entry.  Below a cut
  * (and at it, for any type but DS/RRSIG/NSEC) the engine's answer is the
  * referral whatever the name, so an exact entry there would hold the same
- * bytes: the LPM lookup goes first and most TLD queries never hash a key. */
+ * bytes: the LPM lookup goes first and most TLD queries never hash a key.
+ * ANY is a referral too (the entry builder probes it); the other meta types
+ * (AXFR, IXFR, TSIG...) never take the delegation path. */
 static __always_inline struct zs_answer *lookup(struct zs_scratch *s, __u32 *cut, int *kind)
 {
     struct zs_key *key = &s->key;
@@ -368,7 +373,7 @@ static __always_inline struct zs_answer *lookup(struct zs_scratch *s, __u32 *cut
     *cut = 0;
     if (qlen > 255)
         return 0;
-    if (!(qtype == 0 || qtype == T_OPT || (qtype >= 128 && qtype <= 255))) {
+    if (!(qtype == 0 || qtype == T_OPT || (qtype >= 128 && qtype < T_ANY))) {
         key->head = (qlen + 1) * 8;
         struct zs_answer *ans = zs_deleg.lookup(key);
         if (ans) {
@@ -555,8 +560,15 @@ int zs_hot_answer(struct xdp_md *ctx)
     struct zs_answer *ans = lookup(s, &cut, &kind);
     if (!ans)
         return pass(ZS_C_PASS_MISS);
+    __u32 slot = ans->slot;
     r = rewrite(ctx, s, ans, cut);
-    if (r == XDP_TX)
+    if (r == XDP_TX) {
         count(kind);
+        if (slot) {
+            __u64 *h = zs_hits.lookup(&slot);
+            if (h)
+                *h += 1;
+        }
+    }
     return r;
 }

@@ -16,6 +16,9 @@
 #ifndef ZS_MAX_DELEG
 #define ZS_MAX_DELEG 16384
 #endif
+#ifndef ZS_MAX_SLOTS
+#define ZS_MAX_SLOTS 65536   /* hit counters, one per hot key (slot 0: not counted) */
+#endif
 #ifndef ZS_BODY_MAX
 #define ZS_BODY_MAX 1232
 #endif
@@ -88,7 +91,7 @@ struct zs_answer {
     __u16 csum;              /* folded one's-complement sum of body, fixup words as zero */
     __u16 nfix;
     __u16 deleg_len;         /* delegation entries: wire length of the cut's name */
-    __u16 pad;
+    __u16 slot;              /* index in zs_hits counting this key's XDP answers (0: none) */
     __u16 fix_pos[ZS_MAX_FIX];   /* body offset of a compression pointer to rewrite */
     __u16 fix_val[ZS_MAX_FIX];   /* cut-relative target, or ZS_FIX_BODY | body-relative */
     __u8 body[ZS_BODY_MAX];

@@ -207,3 +207,160 @@ def names_since(conn: sqlite3.Connection, seq: int) -> tuple[set[dns.name.Name] 
         return set(), seq
     return names, newest
 
+
+
+# ---- per-slice journal (the primary's projection of each commit onto an N-part plan)
+
+Row = tuple[bytes, int, int, bytes, int, int]
+"""A slice database row: (rkey, rdtype, covers, rdata, ttl, origin)."""
+
+_SLICE_DDL = [
+    "CREATE TABLE IF NOT EXISTS slice_journal (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " part INTEGER NOT NULL, serial_from INTEGER NOT NULL, serial_to INTEGER NOT NULL,"
+    " soa_from BLOB NOT NULL, soa_to BLOB NOT NULL, deleted BLOB NOT NULL, added BLOB NOT NULL,"
+    " reset INTEGER NOT NULL DEFAULT 0, stamp INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ix_slice_journal_from ON slice_journal (part, serial_from)",
+]
+
+
+@dataclass
+class SliceChangeset:
+    """One commit as slice ``part`` sees it: rows (with their origin) gone and come.
+
+    A ``reset`` entry says the projection could not be computed step by step
+    (e.g. the zone's DNSSEC mode changed): clients older than it get AXFR.
+    """
+
+    part: int
+    soa_from: bytes
+    soa_to: bytes
+    deleted: list[Row] = field(default_factory=list)
+    added: list[Row] = field(default_factory=list)
+    reset: bool = False
+    seq: int = 0
+
+    @property
+    def serial_from(self) -> int:
+        return soa_serial(self.soa_from)
+
+    @property
+    def serial_to(self) -> int:
+        return soa_serial(self.soa_to)
+
+
+def ensure_slice_table(conn: sqlite3.Connection) -> None:
+    for ddl in _SLICE_DDL:
+        conn.execute(ddl)
+
+
+def encode_rows(rows: Iterable[Row]) -> bytes:
+    out = bytearray()
+    for rkey, rdtype, covers, rdata, ttl, origin in rows:
+        out += struct.pack("!H", len(rkey)) + rkey
+        out += struct.pack("!HHIBH", rdtype, covers, ttl, origin, len(rdata)) + rdata
+    return bytes(out)
+
+
+def decode_rows(blob: bytes) -> list[Row]:
+    out: list[Row] = []
+    pos = 0
+    try:
+        while pos < len(blob):
+            (klen,) = struct.unpack_from("!H", blob, pos)
+            rkey = blob[pos + 2 : pos + 2 + klen]
+            pos += 2 + klen
+            rdtype, covers, ttl, origin, rdlen = struct.unpack_from("!HHIBH", blob, pos)
+            pos += 11
+            rdata = blob[pos : pos + rdlen]
+            if len(rdata) != rdlen or len(rkey) != klen:
+                raise JournalError("truncated slice journal entry")
+            pos += rdlen
+            out.append((rkey, rdtype, covers, rdata, ttl, origin))
+    except struct.error as exc:
+        raise JournalError(f"truncated slice journal entry ({exc})") from exc
+    return out
+
+
+def append_slice(conn: sqlite3.Connection, cs: SliceChangeset, *, stamp: int | None = None) -> int:
+    """Add ``cs`` inside the caller's open transaction; returns its sequence number."""
+    cur = conn.execute(
+        "INSERT INTO slice_journal (part, serial_from, serial_to, soa_from, soa_to, deleted,"
+        " added, reset, stamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            cs.part,
+            cs.serial_from,
+            cs.serial_to,
+            cs.soa_from,
+            cs.soa_to,
+            encode_rows(cs.deleted),
+            encode_rows(cs.added),
+            int(cs.reset),
+            int(time.time()) if stamp is None else stamp,
+        ),
+    )
+    cs.seq = int(cur.lastrowid or 0)
+    return cs.seq
+
+
+def clear_slices(conn: sqlite3.Connection) -> None:
+    """Forget every slice entry (the plan changed)."""
+    conn.execute("DELETE FROM slice_journal")
+
+
+def trim_slices(conn: sqlite3.Connection, keep: int) -> int:
+    """Keep the newest ``keep`` entries of each slice; returns how many went."""
+    cur = conn.execute(
+        "DELETE FROM slice_journal WHERE seq IN (SELECT seq FROM (SELECT seq, row_number()"
+        " OVER (PARTITION BY part ORDER BY seq DESC) AS n FROM slice_journal) WHERE n > ?)",
+        (max(keep, 0),),
+    )
+    return cur.rowcount
+
+
+def slice_changes_since(
+    conn: sqlite3.Connection, part: int, serial: int, current: int
+) -> list[SliceChangeset] | None:
+    """Slice ``part``'s changesets from ``serial`` to ``current`` (the zone's serial now).
+
+    None when they do not bridge it (unknown serial, trimmed, a reset on the
+    way, or a commit made without the projection): the caller sends AXFR form;
+    ``[]`` when ``serial`` is ``current``.
+    """
+    if serial == current:
+        return []
+    try:
+        start = conn.execute(
+            "SELECT max(seq) FROM slice_journal WHERE part = ? AND serial_from = ?", (part, serial)
+        ).fetchone()[0]
+    except sqlite3.OperationalError:
+        return None
+    if start is None:
+        return None
+    chain: list[SliceChangeset] = []
+    expect = serial
+    sql = (
+        "SELECT seq, soa_from, soa_to, deleted, added, reset FROM slice_journal"
+        " WHERE part = ? AND seq >= ? ORDER BY seq"
+    )
+    for seq, soa_from, soa_to, deleted, added, reset in conn.execute(sql, (part, start)):
+        cs = SliceChangeset(part, soa_from, soa_to, decode_rows(deleted), decode_rows(added),
+                            bool(reset), seq)  # fmt: skip
+        if cs.reset or cs.serial_from != expect:
+            return None
+        chain.append(cs)
+        expect = cs.serial_to
+    return chain if expect == current else None
+
+
+def reset_entry(conn: sqlite3.Connection, soa: bytes) -> int:
+    """Mark a full reload in a secondary's own journal: drops the history (it described
+    other content) and leaves a gap in ``seq``, so :func:`names_since` answers None
+    (every cache drops everything) and :func:`changes_since` cannot bridge old serials."""
+    newest = last_seq(conn)
+    conn.execute("DELETE FROM journal")
+    conn.execute(
+        "INSERT INTO journal (seq, serial_from, serial_to, soa_from, soa_to, deleted, added, stamp)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (newest + 2, soa_serial(soa), soa_serial(soa), soa, soa, b"", b"", int(time.time())),
+    )
+    return newest + 2

@@ -1,4 +1,4 @@
-"""zoneslice.engine.server on real sockets (127.0.0.1 and ::1, free ports).
+"""zoneslice.engine.server (and `zoneslice serve`) on real sockets (127.0.0.1 and ::1, free ports).
 
 Answers from the server must be byte-identical to those of a Responder opened
 in the test process on the same slice; the server only moves bytes.
@@ -474,8 +474,8 @@ def test_start_and_stop_log_one_line_each(slice_db, tmp_path) -> None:
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "zoneslice.engine.server",
+            str(ROOT / "cli.py"),
+            "serve",
             str(slice_db),
             "--listen",
             "127.0.0.1:0",
@@ -557,8 +557,8 @@ def test_serves_in_a_namespace_over_veth(slice_db, local) -> None:
         proc = srv.popen(
             [
                 sys.executable,
-                "-m",
-                "zoneslice.engine.server",
+                str(ROOT / "cli.py"),
+                "serve",
                 str(slice_db),
                 "--listen",
                 f"{link.a_addr}:53",

@@ -1,4 +1,5 @@
-"""BIND's nsupdate and dig against `zoneslice serve` of a whole-zone database (split --parts 1)."""
+"""BIND's nsupdate and dig against `zoneslice serve` of a whole-zone database (split --parts 1),
+UPDATEs applied by the node's writer process (PrimaryRole)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ import dns.update
 import pytest
 
 from zoneslice import journal
-from zoneslice.engine import Responder
 from zoneslice.engine.server import Background
 from zoneslice.split import split_zone
-from zoneslice.updates.acl import UpdatePolicy, load_keys
-from zoneslice.updates.handler import updating_responder_factory
+from zoneslice.updates.acl import load_keys
+from zoneslice.updates.primary import primary_role_factory
 
 ZONE = """$ORIGIN example.
 $TTL 3600
@@ -44,9 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     keyfile = tmp / "keys.conf"
     keyfile.write_text(f'key "k1" {{\n\talgorithm hmac-sha256;\n\tsecret "{SECRET}";\n}};\n')
     ring = load_keys(keyfile)
-    policy = UpdatePolicy.simple("example.", ring)
-    factory = updating_responder_factory(Responder, ring, policy)
-    with Background(db, [("127.0.0.1", 0)], workers=2, responder_factory=factory) as srv:
+    with Background(db, [("127.0.0.1", 0)], workers=2, role=primary_role_factory(db, ring)) as srv:
         yield db, srv.info.listen[0][1]
 
 

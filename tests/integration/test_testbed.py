@@ -23,7 +23,7 @@ from zoneslice.manifest import load_manifest
 from zoneslice.split import split_zone
 from zoneslice.testbed import local, netns
 from zoneslice.testbed.deploy import deploy
-from zoneslice.testbed.health import PROPAGATION_SKIPPED, check_health
+from zoneslice.testbed.health import check_health
 from zoneslice.testbed.local import BRIDGE_NS, HOST_LINK, PREFIX, STATE
 from zoneslice.trace.partition import routed_queries
 from zoneslice.trace.replay import replay
@@ -114,7 +114,9 @@ def test_up_deploy_health_redeploy_down(tmp_path, zone):
     tb = None
     try:
         t0 = time.monotonic()
-        tb = local.testbed_up(13, 3, wd, manifest=sliced, whole_manifest=whole)
+        tb = local.testbed_up(
+            13, 3, wd, manifest=sliced, whole_manifest=whole, secondaries=True, xdp=True
+        )
         timings["up"] = time.monotonic() - t0
         status = local.testbed_status(wd)
         assert status.healthy and len(status.hosts) == 15
@@ -132,8 +134,13 @@ def test_up_deploy_health_redeploy_down(tmp_path, zone):
         report = check_health(tb.inventory_path)
         timings["health"] = time.monotonic() - t0
         assert report.ok, report.failures
-        assert len(report.checks) == 13 * 3 + 1 + 3 + 1 + 3
-        assert report.skipped == [PROPAGATION_SKIPPED]
+        assert len(report.checks) == 13 * 3 + (1 + 3) + (1 + 3) + 13
+        assert report.skipped == []
+        propagated = [c for c in report.checks if c.what == "serves the update of its slice"]
+        assert len(propagated) == 13 and all(c.ok for c in propagated)
+        for h in tb.layout.slice_servers:
+            link = netns.ip("-d", "link", "show", "dev", local.NODE_IFACE, ns=f"{PREFIX}{h.name}")
+            assert "xdpgeneric" in link.stdout, (h.name, link.stdout)
 
         t0 = time.monotonic()
         origin, names = names_from_manifest(sliced)

@@ -216,7 +216,8 @@ def _cases(zone):
         "pass_miss",
         _v4(E.make_query(zone.cuts[25].to_wire(), 43)),
     )  # DS at a cut (no exact entry)
-    yield "pass_miss", _v4(E.make_query(b"\x03www" + zone.cuts[0].to_wire(), 255))  # ANY
+    yield "pass_miss", _v4(E.make_query(b"\x03www" + zone.cuts[0].to_wire(), 252))  # AXFR
+    yield "answered_deleg", _v4(E.make_query(b"\x03www" + zone.cuts[0].to_wire(), 255))  # ANY
     yield "answered_deleg", frames.udp_frame("fd00:53::2", "fd00:53::1", 40000, 53, q, vlan=3)
 
 

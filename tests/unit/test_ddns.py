@@ -521,3 +521,52 @@ def test_no_stale_answer_after_ack(db: Path) -> None:
     handler.close()
     for r in (own, workers[1].inner, fresh):
         r.close()
+
+
+def test_serial_step_keeps_negative_answers_cached(db: Path) -> None:
+    """A commit elsewhere moves only the apex SOA: another worker's cached NXDOMAIN and SOA
+    answers stay cached, now with the new serial; an apex change still drops them."""
+    handler = RoleHandler(db, UpdatePolicy.simple(ORIGIN, KEYRING))
+    worker = WatchedResponder(Responder(db))
+    questions = [("nope.example.", "A"), ("example.", "SOA"), ("www.example.", "MX")]
+
+    def ask(resp, name: str, rdtype: str) -> dns.message.Message:
+        qm = dns.message.make_query(name, rdtype)
+        return dns.message.from_wire(resp.respond(qm.to_wire(), tcp=False, client=("127.0.0.1", 1)))
+
+    def same(a: dns.message.Message, b: dns.message.Message) -> bool:
+        return a.rcode() == b.rcode() and all(
+            sorted(map(str, x)) == sorted(map(str, y))
+            for x, y in ((a.answer, b.answer), (a.authority, b.authority),
+                         (a.additional, b.additional))
+        )
+
+    def send(u: dns.update.UpdateMessage) -> None:
+        u.use_tsig(KEYRING, "k1.")
+        assert dns.message.from_wire(handler(u.to_wire(), ("127.0.0.1", 1)), keyring=KEYRING,
+                                     request_mac=u.mac).rcode() == dns.rcode.NOERROR
+
+    for q in questions:
+        ask(worker, *q)
+    u = new()
+    u.add("fresh", 300, "A", "192.0.2.50")
+    send(u)
+    hits = worker.counters["cache_hits"]
+    fresh = Responder(db)
+    for q in questions:
+        got, want = ask(worker, *q), ask(fresh, *q)
+        assert same(got, want), (q, got.to_text(), want.to_text())
+        soa = (got.answer or got.authority)[0][0]
+        assert soa.serial == 101
+    assert worker.counters["cache_hits"] == hits + len(questions)
+    u = new()
+    u.add("@", 300, "NS", "ns3.example.")
+    send(u)
+    hits = worker.counters["cache_hits"]
+    fresh2 = Responder(db)
+    for q in questions:
+        assert same(ask(worker, *q), ask(fresh2, *q))
+    assert worker.counters["cache_hits"] == hits  # the apex changed: all re-rendered
+    handler.close()
+    for r in (worker.inner, fresh, fresh2):
+        r.close()

@@ -277,6 +277,27 @@ def test_parallel_parse_reports_bad_input_like_the_serial_one(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zone"]
 
 
+def test_many_first_octets_give_the_same_slices_in_several_statements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each slice is built from one staging table per first octet of the key, read in
+    compound SELECTs of at most _MAX_ARMS tables: cutting them into more statements
+    (as for a zone whose labels start with hundreds of different octets) changes nothing."""
+    zone = tmp_path / "octets.zone"
+    zone.write_text(
+        HEAD + "".join(f"\\{o:03d}x{o} A 192.0.2.{o % 250}\n" for o in range(33, 256) if o != 46)
+        + "".join(f"dup{i} 300 A 192.0.2.{i}\nother{i} A 192.0.2.1\ndup{i} 600 A 192.0.2.{i}\n" for i in range(20))
+    )
+    whole = split_zone(zone, 3, tmp_path / "whole").manifest
+    monkeypatch.setattr(split, "_MAX_ARMS", 3)
+    cut = split_zone(zone, 3, tmp_path / "cut").manifest
+    assert _rows(tmp_path / "cut") == _rows(tmp_path / "whole")
+    assert [s.records_owned for s in cut.slices] == [s.records_owned for s in whole.slices]
+    assert sum(s.records_owned for s in whole.slices) == 222 + 40 + 1  # + ns1
+    ttls = {(k, t): ttl for rows in _rows(tmp_path / "cut") for k, t, _c, _d, ttl, _o in rows}
+    assert all(ttls[(f"dup{i}".encode() + b"\x00", 1)] == 300 for i in range(20))
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 BAD = {

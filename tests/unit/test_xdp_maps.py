@@ -50,6 +50,15 @@ def test_value_layout_matches_the_c_struct():
     assert (a.fix_pos[0], a.fix_val[0]) == (0, 4)
 
 
+def test_unpack_inverts_pack_and_keeps_the_hit_slot():
+    v = maps.AnswerValue(0x8400, 0x0110, 1, 2, 0, b"\x01\x02\xc0\x0c\x05", [(2, 3)], 4, 777)
+    back = maps.AnswerValue.unpack(v.pack())
+    assert back.pack() == v.pack()
+    assert (back.slot, back.deleg_len, back.fixups) == (777, 4, [(2, 3)])
+    assert back.body == b"\x01\x02\x00\x00\x05"  # fix-up words are stored as zero
+    assert maps.answer_struct().slot.offset == 18
+
+
 def test_render_rewrites_pointers_for_the_cut_offset():
     body = b"\xc0\x0c\x00\x02\x00\x01\x00\x00\x00\x3c\x00\x06\x03ns1\xc0\x0c"
     v = maps.AnswerValue(0x8000, 0x0100, 0, 1, 0, body, [(0, 0), (16, 0)], 13)

@@ -111,6 +111,18 @@ class AnswerCache:
             out |= self._by_gap.get(gap, set())
         return out
 
+    def rewrite(self, dep: bytes, old: bytes, new: bytes) -> int:
+        """Replace ``old`` by ``new`` in the tails of the entries that read ``dep``; returns
+        how many changed (used to move the SOA serial inside cached answers)."""
+        n = 0
+        entries = self.entries
+        for key in self._by_dep.get(dep, ()):
+            entry = entries.get(key)
+            if entry is not None and old in entry.tail:
+                entry.tail = entry.tail.replace(old, new)
+                n += 1
+        return n
+
     def invalidate(self, keys: Iterable[bytes], gaps: Iterable[tuple]) -> int:
         """Drop the affected entries; return how many."""
         victims = self.affected(list(keys), list(gaps))

@@ -1264,6 +1264,17 @@ class Responder:
             return self._error(query_wire, R_FORMERR)
         question = query_wire[12 : q.qend]
         flags = 0x8000 | (q.flags & (0x0100 | self.cd_mask))
+        if q.qtype == T_IXFR or q.edns or q.tsig:
+            # IXFR, slice-projected and TSIG-signed transfers (issue 4): zoneslice.xfr.transfer
+            from zoneslice.xfr.transfer import serve_transfer
+
+            out = serve_transfer(self, query_wire, client)
+            if out is not None:
+                if isinstance(out, bytes):
+                    self._count(out[3] & 0xF)
+                else:
+                    self._count(R_NOERROR)
+                return out
         rel = self._relative(q.labels)
         if q.qtype != T_AXFR or rel != () or not self._xfr_allowed(client):
             self._count(R_REFUSED)
@@ -1311,6 +1322,24 @@ class Responder:
             conn.close()
 
     # -- cache invalidation ----------------------------------------------------------
+
+    def soa_moved(self) -> bool:
+        """The apex changed in nothing but its SOA serial (a commit elsewhere in the zone):
+        re-read the apex and move the serial inside every cached answer that carries the
+        SOA (negative answers, the SOA itself) instead of dropping them all.
+
+        Returns False, having changed nothing in the cache, when more than the serial
+        moved (TTL, names, timers): the caller must then invalidate the apex.
+        """
+        old = self.resolver.apex.rrset(T_SOA)
+        self.resolver.reload()
+        new = self.resolver.apex.rrset(T_SOA)
+        a, b = old.rdatas[0], new.rdatas[0]
+        if new.ttl != old.ttl or a[:-20] != b[:-20] or a[-16:] != b[-16:]:
+            return False
+        if a != b:
+            self.cache.rewrite(b"", a[-20:], b[-20:])
+        return True
 
     def invalidate(self, names: Iterable[dns.name.Name | str] | None = None) -> None:
         """Drop the cached answers that used data at ``names`` (None: everything).

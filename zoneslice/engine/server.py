@@ -16,9 +16,24 @@ handles must not cross it) and runs one asyncio loop:
   connection answered in order, an idle timeout, back-pressure through
   ``drain``; AXFR is streamed from ``Responder.axfr`` message by message.
 
-Every message, whatever its opcode (UPDATE included), goes to the Responder,
-which decides; an exception there becomes SERVFAIL, never a dead worker.
-Counters are written to a stats directory (see :mod:`zoneslice.engine.stats`).
+Every query goes to the Responder, which decides; an exception there becomes
+SERVFAIL, never a dead worker. Counters are written to a stats directory (see
+:mod:`zoneslice.engine.stats`).
+
+With a ``role`` (primary or secondary, :mod:`zoneslice.engine.node`) the parent
+also forks one **writer** process, the only one that changes the database. It
+builds the role after the fork and serves a unix stream socket in the stats
+directory. Workers hand every UPDATE and NOTIFY (UDP or TCP) to it over one
+persistent connection each, requests multiplexed by id, without waiting in
+their read loop: concurrent UPDATEs from all workers reach the writer together
+and share one commit and fsync. A writer that dies or does not answer within
+``WRITER_TIMEOUT`` turns into SERVFAIL for the waiting clients (and the parent
+restarts it). A role factory with a ``worker_side()`` method gets one such object
+per worker, whose ``prepare(wire, client)`` answers at once or returns the
+payload for the writer and a function that turns the writer's reply into the
+answer: the primary checks TSIG and signs answers there, on every core. Workers then use a
+:class:`~zoneslice.updates.handler.WatchedResponder`, which sees the writer's
+commits before the next query.
 
 Each worker moves its objects to the GC's permanent generation once a second
 (``gc.freeze``): the answer cache holds hundreds of thousands of long-lived
@@ -33,6 +48,7 @@ import asyncio
 import contextlib
 import errno
 import gc
+import hashlib
 import ipaddress
 import logging
 import os
@@ -66,7 +82,16 @@ STATS_EVERY = 1.0
 READY_TIMEOUT = 120.0
 STOP_GRACE = 5.0
 RESTARTS_WINDOW = (5, 30.0)
+WRITER_TIMEOUT = 20.0
+WRITER_SOCKET = "writer.sock"
+WRITER_STATS = stats_mod.WRITER_FILE
+WRITER_INDEX = -1
+WRITER_SWITCH_INTERVAL = 0.0002
+"""GIL hand-off interval in the writer: its commit thread makes many short SQLite calls, each
+of which would otherwise wait up to the default 5 ms for the loop thread to let go."""
 OP_QUERY = 0
+OP_NOTIFY = 4
+OP_UPDATE = 5
 T_AXFR = 252
 
 
@@ -95,6 +120,7 @@ class ServerInfo:
     pids: list[int]
     stats_path: Path
     meta: dict[str, str] = field(default_factory=dict)
+    writer_pid: int | None = None
 
 
 # ------------------------------------------------------------------ configuration
@@ -268,7 +294,12 @@ def is_axfr(wire: bytes) -> bool:
     if len(wire) < 17 or (wire[2] >> 3) & 0xF != OP_QUERY or wire[2] & 0x80:
         return False
     end = _question_end(wire)
-    return end > 0 and wire[end - 4] == 0 and wire[end - 3] == T_AXFR
+    return end > 0 and wire[end - 4] == 0 and wire[end - 3] in (T_AXFR, 251)  # 251: IXFR (helper A)
+
+
+def for_writer(wire: bytes) -> bool:
+    """A request (not a response) with opcode NOTIFY or UPDATE: the writer's business."""
+    return len(wire) >= 12 and not wire[2] & 0x80 and (wire[2] >> 3) & 0xF in (OP_NOTIFY, OP_UPDATE)
 
 
 def servfail(wire: bytes) -> bytes | None:
@@ -279,6 +310,291 @@ def servfail(wire: bytes) -> bytes | None:
     end = _question_end(wire)
     flags = 0x8000 | (flags & 0x7900) | 2
     return _HDR.pack(ident, flags, 1 if end else 0, 0, 0, 0) + wire[12:end]
+
+
+# ------------------------------------------------------------------ writer
+
+_REQ = struct.Struct("!IIBBH")
+"""Worker -> writer frame head: length of the rest, request id, tcp, len(addr), port."""
+_RSP = struct.Struct("!IIB")
+"""Writer -> worker frame head: length of the rest, request id, whether an answer follows."""
+CONNECT_PATIENCE = 3.0
+
+
+def _request_frame(ident: int, wire: bytes, client: Any, tcp: bool) -> bytes:
+    addr, port = (str(client[0]), int(client[1])) if client else ("", 0)
+    a = addr.encode()[:255]
+    return _REQ.pack(8 + len(a) + len(wire), ident, bool(tcp), len(a), port) + a + wire
+
+
+class _WriterLink:
+    """A worker's persistent connection to the writer; requests multiplexed by id.
+
+    ``ask`` only waits on its own future, so the worker's loop keeps reading
+    while the writer groups what every worker sent.
+    """
+
+    def __init__(self, path: str, timeout: float | None = None) -> None:
+        self.path = str(path)
+        self.timeout = WRITER_TIMEOUT if timeout is None else timeout
+        self.pending: dict[int, asyncio.Future[bytes | None]] = {}
+        self.writer: asyncio.StreamWriter | None = None
+        self.next_id = 0
+        self._lock: asyncio.Lock | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.writer is not None and not self.writer.is_closing():
+                return self.writer
+            deadline = time.monotonic() + CONNECT_PATIENCE
+            while True:
+                try:
+                    reader, writer = await asyncio.open_unix_connection(self.path)
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+            self.writer = writer
+            self._reader = asyncio.get_running_loop().create_task(self._read(reader, writer))
+            return writer
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pending = self.pending
+        try:
+            while True:
+                head = await reader.readexactly(4)
+                body = await reader.readexactly(int.from_bytes(head, "big"))
+                _, ident, has = _RSP.unpack_from(head + body[:5])
+                fut = pending.pop(ident, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(body[5:] if has else None)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            if self.writer is writer:
+                self.writer = None
+            writer.transport.abort()
+            for fut in pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError("the writer went away"))
+            pending.clear()
+
+    async def ask(self, wire: bytes, client: Any, tcp: bool) -> bytes | None:
+        async with asyncio.timeout(self.timeout):
+            writer = await self._connect()
+            self.next_id = (self.next_id + 1) & 0xFFFFFFFF
+            ident = self.next_id
+            fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            self.pending[ident] = fut
+            try:
+                writer.write(_request_frame(ident, wire, client, tcp))
+                return await fut
+            finally:
+                self.pending.pop(ident, None)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self.writer is not None:
+            self.writer.transport.abort()
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+def _node_context(slice_db: Path, stats_dir: Path | None, hooks: Sequence[Any]) -> Any:
+    """The role's context; its first hook bumps the commit signal the workers watch."""
+    from zoneslice.engine.node import NodeContext
+    from zoneslice.updates.queue import CommitSignal
+
+    signal_file = CommitSignal(slice_db)
+
+    def bump(_names: object) -> None:
+        signal_file.bump()
+
+    return NodeContext(slice_db, stats_dir, [bump, *hooks])
+
+
+class _InlineWriter:
+    """``workers=0``: the role runs in the serving process's own loop."""
+
+    def __init__(
+        self,
+        role: Callable[[], Any],
+        slice_db: Path,
+        stats_dir: Path | None,
+        hooks: Sequence[Any],
+        timeout: float | None = None,
+    ) -> None:
+        self.factory = role
+        self.slice_db = slice_db
+        self.stats_dir = stats_dir
+        self.hooks = hooks
+        self.timeout = WRITER_TIMEOUT if timeout is None else timeout
+        self.role: Any = None
+
+    async def start(self) -> None:
+        self.role = self.factory()
+        await self.role.start(_node_context(self.slice_db, self.stats_dir, self.hooks))
+
+    async def ask(self, wire: bytes, client: Any, tcp: bool) -> bytes | None:
+        async with asyncio.timeout(self.timeout):
+            return await self.role.handle(wire, client, tcp)
+
+    async def stop(self) -> None:
+        if self.role is not None:
+            await self.role.stop()
+
+
+class _Writer:
+    """The writer process: the role behind a unix socket that every worker connects to."""
+
+    def __init__(
+        self,
+        role: Callable[[], Any],
+        slice_db: Path,
+        stats_dir: Path,
+        hooks: Sequence[Any],
+        sock_path: str,
+    ) -> None:
+        self.factory = role
+        self.slice_db = slice_db
+        self.stats_dir = stats_dir
+        self.hooks = hooks
+        self.sock_path = sock_path
+        self.role: Any = None
+        self.started = time.time()
+        self.c = {"connections": 0, "requests": 0, "answers": 0, "errors": 0, "handle_us": 0}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.conns: set[asyncio.StreamWriter] = set()
+        self._last_error_log = 0.0
+
+    async def _one(self, out: asyncio.StreamWriter, ident: int, wire: bytes, client: Any,
+                   tcp: bool) -> None:
+        t0 = time.monotonic()
+        try:
+            answer = await self.role.handle(wire, client, tcp)
+            self.c["handle_us"] += int(1e6 * (time.monotonic() - t0))
+        except Exception:
+            self.c["errors"] += 1
+            now = time.monotonic()
+            if now - self._last_error_log > 10:
+                self._last_error_log = now
+                log.error("writer: role failed on %s: %s", wire[:64].hex(),
+                          traceback.format_exc(limit=4).strip().replace("\n", " | "))
+            answer = servfail(wire)
+        if out.is_closing():
+            return
+        body = answer or b""
+        out.write(_RSP.pack(5 + len(body), ident, answer is not None) + body)
+        self.c["answers"] += 1
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.c["connections"] += 1
+        self.conns.add(writer)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                head = await reader.readexactly(4)
+                body = await reader.readexactly(int.from_bytes(head, "big"))
+                _, ident, tcp, alen, port = _REQ.unpack_from(head + body[:8])
+                addr = body[8 : 8 + alen].decode(errors="replace")
+                self.c["requests"] += 1
+                task = loop.create_task(self._one(writer, ident, body[8 + alen :], (addr, port),
+                                                  bool(tcp)))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            self.conns.discard(writer)
+            writer.transport.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "started": self.started,
+            "updated": time.time(),
+            "writer": dict(self.c),
+            "role": _plain(getattr(self.role, "counters", {}) or {}),
+        }
+
+    def write_stats(self) -> None:
+        try:
+            stats_mod.write_json(self.stats_dir / WRITER_STATS, self.snapshot())
+        except OSError as exc:
+            log.warning("writer: cannot write stats: %s", exc)
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        self.role = self.factory()
+        await self.role.start(_node_context(self.slice_db, self.stats_dir, self.hooks))
+        with contextlib.suppress(FileNotFoundError):
+            _unlink_socket(self.sock_path)
+        server = await asyncio.start_unix_server(self._conn, path=self.sock_path,
+                                                 backlog=TCP_BACKLOG)
+
+        def tick() -> None:
+            self.write_stats()
+            handle[0] = loop.call_later(STATS_EVERY, tick)
+
+        handle = [loop.call_later(STATS_EVERY, tick)]
+        self.write_stats()
+        ready()
+        await stopping.wait()
+        handle[0].cancel()
+        server.close()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=STOP_GRACE - 1.5)
+        for w in list(self.conns):
+            w.transport.close()
+        await self.role.stop()
+        self.write_stats()
+        with contextlib.suppress(FileNotFoundError):
+            _unlink_socket(self.sock_path)
+
+
+def writer_socket_address(stats_dir: Path) -> str:
+    """``STATS/writer.sock``, or an abstract socket when that path is too long for AF_UNIX.
+
+    Abstract names live in the network namespace, which the workers share with
+    the writer; deep per-host directories (the local testbed) need them.
+    """
+    path = str((stats_dir / WRITER_SOCKET).resolve())
+    if len(path.encode()) <= 100:
+        return path
+    digest = hashlib.sha1(path.encode()).hexdigest()[:16]
+    return f"\0zoneslice-writer-{os.getpid()}-{digest}"
+
+
+def _unlink_socket(address: str) -> None:
+    if not address.startswith("\0"):
+        Path(address).unlink()
+
+
+def _run_writer(
+    role: Callable[[], Any],
+    slice_db: Path,
+    stats_dir: Path,
+    commit_hooks: Sequence[Any],
+    writer_sock: str,
+    ready: Callable[[], None],
+    **_: Any,
+) -> None:
+    sys.setswitchinterval(WRITER_SWITCH_INTERVAL)
+    writer = _Writer(role, slice_db, stats_dir, commit_hooks, writer_sock)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(writer.run(ready))
+    finally:
+        loop.close()
 
 
 # ------------------------------------------------------------------ worker
@@ -294,9 +610,13 @@ class _Worker:
         socks: list[socket.socket],
         stats_dir: Path | None,
         tcp_idle: float,
+        link: _WriterLink | _InlineWriter | None = None,
+        side: Any = None,
     ) -> None:
         self.index = index
         self.responder = responder
+        self.link = link
+        self.side = side
         self.socks = socks
         self.stats_dir = stats_dir
         self.tcp_idle = tcp_idle
@@ -315,10 +635,14 @@ class _Worker:
                 "axfr",
                 "axfr_messages",
                 "errors",
+                "writer_in",
+                "writer_failed",
+                "writer_us",
             ),
             0,
         )
         self.clients: set[asyncio.Task[None]] = set()
+        self.passed: set[asyncio.Task[None]] = set()
         self.stopping: asyncio.Event | None = None
         self._last_error_log = 0.0
 
@@ -337,6 +661,61 @@ class _Worker:
             )
         return servfail(wire)
 
+    # ---- UPDATE and NOTIFY: the writer's
+
+    async def _ask_writer(self, wire: bytes, client: Any, tcp: bool) -> bytes | None:
+        """The writer's answer; a role's worker side (if any) may answer first or pre-process
+        the message here, in parallel on every worker, and finish the answer."""
+        self.c["writer_in"] += 1
+        assert self.link is not None
+        finish: Callable[[bytes | None], bytes | None] | None = None
+        payload = wire
+        if self.side is not None:
+            try:
+                prep = self.side.prepare(wire, client)
+            except Exception:
+                return self._failed(wire)
+            if not isinstance(prep, tuple):
+                return prep
+            payload, finish = prep
+        t0 = time.monotonic()
+        try:
+            reply = await self.link.ask(payload, client, tcp)
+            self.c["writer_us"] += int(1e6 * (time.monotonic() - t0))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - writer dead, slow or broken: SERVFAIL, no hang
+            self.c["writer_failed"] += 1
+            now = time.monotonic()
+            if now - self._last_error_log > 10:
+                self._last_error_log = now
+                log.error("worker %d: writer failed: %s", self.index, repr(exc))
+            reply = None
+            if finish is None:
+                return servfail(wire)
+        if finish is None:
+            return reply
+        try:
+            return finish(reply)
+        except Exception:
+            return self._failed(wire)
+
+    async def _udp_writer(self, sock: socket.socket, wire: bytes, addr: Any) -> None:
+        out = await self._ask_writer(wire, addr, False)
+        if out is None:
+            self.c["udp_dropped"] += 1
+            return
+        try:
+            sock.sendto(out, addr)
+            self.c["udp_out"] += 1
+        except OSError:
+            self.c["udp_send_errors"] += 1
+
+    def _pass_udp(self, sock: socket.socket, wire: bytes, addr: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self._udp_writer(sock, wire, addr))
+        self.passed.add(task)
+        task.add_done_callback(self.passed.discard)
+
     # ---- UDP
 
     def udp_reader(self, sock: socket.socket) -> Callable[[], None]:
@@ -345,9 +724,11 @@ class _Worker:
         respond = self.responder.respond
         c = self.c
         failed = self._failed
+        to_writer = self.link is not None
+        pass_udp = self._pass_udp
 
         def ready() -> None:
-            got = sent = lost = 0
+            got = sent = lost = passed = 0
             try:
                 for _ in range(UDP_BATCH):
                     try:
@@ -357,6 +738,10 @@ class _Worker:
                     except OSError:
                         continue
                     got += 1
+                    if to_writer and for_writer(wire):
+                        pass_udp(sock, wire, addr)
+                        passed += 1
+                        continue
                     try:
                         out = respond(wire, tcp=False, client=addr)
                     except Exception:
@@ -371,7 +756,7 @@ class _Worker:
                 c["udp_in"] += got
                 c["udp_out"] += sent
                 c["udp_send_errors"] += lost
-                c["udp_dropped"] += got - sent - lost
+                c["udp_dropped"] += got - sent - lost - passed
 
         return ready
 
@@ -403,6 +788,12 @@ class _Worker:
                     c["tcp_idle_closed"] += 1
                     break
                 c["tcp_in"] += 1
+                if self.link is not None and for_writer(wire):
+                    out = await self._ask_writer(wire, peer, True)
+                    if out is not None:
+                        writer.write(len(out).to_bytes(2, "big") + out)
+                        c["tcp_out"] += 1
+                    continue
                 if is_axfr(wire):
                     await self._axfr(wire, peer, writer)
                     continue
@@ -479,6 +870,8 @@ class _Worker:
         self.stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        if self.link is not None:
+            await self.link.start()
         servers = []
         for s in self.socks:
             if s.type == socket.SOCK_DGRAM:
@@ -504,10 +897,12 @@ class _Worker:
                 loop.remove_reader(s.fileno())
         for srv in servers:
             srv.close()
-        for t in list(self.clients):
+        for t in list(self.clients) + list(self.passed):
             t.cancel()
-        if self.clients:
-            await asyncio.wait(list(self.clients), timeout=1.0)
+        if self.clients or self.passed:
+            await asyncio.wait(list(self.clients) + list(self.passed), timeout=1.0)
+        if self.link is not None:
+            await self.link.stop()
         for s in self.socks:
             s.close()
         self.write_stats()
@@ -546,9 +941,26 @@ def _run_worker(
     tcp_idle: float,
     ready: Callable[[], None],
     options: dict[str, Any] | None = None,
+    role: Callable[[], Any] | None = None,
+    commit_hooks: Sequence[Any] = (),
+    writer_sock: str | None = None,
+    inline: bool = False,
 ) -> None:
     responder = _make_responder(factory, slice_db, axfr_allowed, options)
-    worker = _Worker(index, responder, socks, stats_dir, tcp_idle)
+    link: _WriterLink | _InlineWriter | None = None
+    side = None
+    if role is not None:
+        make_side = getattr(role, "worker_side", None)
+        side = make_side() if callable(make_side) else None
+        from zoneslice.updates.handler import WatchedResponder
+
+        responder = WatchedResponder(responder)
+        if inline:
+            link = _InlineWriter(role, slice_db, stats_dir, commit_hooks)
+        else:
+            assert writer_sock is not None
+            link = _WriterLink(writer_sock)
+    worker = _Worker(index, responder, socks, stats_dir, tcp_idle, link, side)
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(worker.run(ready))
@@ -566,6 +978,23 @@ def _fork_worker(
     **kw: Any,
 ) -> tuple[int, int]:
     """Fork worker ``index``; returns (pid, read end of its ready pipe)."""
+
+    def body(ready: Callable[[], None]) -> None:
+        _run_worker(index, socks=socks, ready=ready, **kw)
+
+    return _fork_child(body, inherited)
+
+
+def _fork_writer(inherited: Sequence[int], **kw: Any) -> tuple[int, int]:
+    """Fork the writer; returns (pid, read end of its ready pipe)."""
+
+    def body(ready: Callable[[], None]) -> None:
+        _run_writer(ready=ready, **kw)
+
+    return _fork_child(body, inherited)
+
+
+def _fork_child(body: Callable[[Callable[[], None]], None], inherited: Sequence[int]) -> tuple[int, int]:
     rfd, wfd = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -586,7 +1015,7 @@ def _fork_worker(
         def ready() -> None:
             os.write(wfd, b"ok\n")
 
-        _run_worker(index, socks=socks, ready=ready, **kw)
+        body(ready)
         code = 0
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -644,6 +1073,8 @@ def serve(
     tcp_idle: float = TCP_IDLE,
     responder_factory: ResponderFactory | None = None,
     responder_options: dict[str, Any] | None = None,
+    role: Callable[[], Any] | None = None,
+    commit_hooks: Sequence[Callable[[Any], None]] = (),
 ) -> None:
     """Serve one slice until SIGTERM or SIGINT, then return (the command exits 0).
 
@@ -655,6 +1086,9 @@ def serve(
     lists the addresses/networks allowed to AXFR (default: none).
     ``responder_factory(slice_db, axfr_allowed=..., **responder_options)`` replaces
     the Responder; ``responder_options`` (e.g. ``{"cache_size": 10**6}``) go to it.
+    ``role()`` builds the node's :class:`~zoneslice.engine.node.NodeRole` in the
+    writer process (in this process when ``workers`` is 0), which then gets every
+    UPDATE and NOTIFY; ``commit_hooks`` run there after each commit, before the acks.
 
     :raises ServeError: the slice cannot be opened, an address cannot be bound or a
         worker fails to start or keeps dying.
@@ -675,6 +1109,8 @@ def serve(
     stats_dir.mkdir(parents=True, exist_ok=True)
     for f in stats_dir.glob(stats_mod.WORKER_GLOB):
         f.unlink(missing_ok=True)
+    (stats_dir / WRITER_STATS).unlink(missing_ok=True)
+    writer_sock = writer_socket_address(stats_dir)
     kw = dict(
         slice_db=slice_db,
         stats_dir=stats_dir,
@@ -682,6 +1118,10 @@ def serve(
         axfr_allowed=allowed,
         tcp_idle=tcp_idle,
         options=dict(responder_options or {}),
+        role=role,
+        commit_hooks=tuple(commit_hooks),
+        writer_sock=writer_sock,
+        inline=nworkers == 0,
     )
     try:
         if nworkers == 0:
@@ -763,7 +1203,8 @@ def _start_line(info: ServerInfo) -> str:
     return (
         f"zoneslice serve started: {_describe(info.meta, info.slice_db)} on udp+tcp {where}, "
         f"{len(info.pids)} worker(s) (pids {' '.join(map(str, info.pids))}), "
-        f"stats in {info.stats_path}"
+        + (f"writer pid {info.writer_pid}, " if info.writer_pid else "")
+        + f"stats in {info.stats_path}"
     )
 
 
@@ -798,6 +1239,11 @@ class _Parent:
         self.pids[index] = pid
         return pid, rfd
 
+    def _spawn_writer(self, inherited: Sequence[int] = ()) -> tuple[int, int]:
+        pid, rfd = _fork_writer(inherited, **self.kw)
+        self.pids[WRITER_INDEX] = pid
+        return pid, rfd
+
     def run(self) -> None:
         started = time.monotonic()
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
@@ -826,6 +1272,9 @@ class _Parent:
     def _start(self) -> None:
         pipes: dict[int, int] = {}
         try:
+            if self.kw.get("role") is not None:
+                _, rfd = self._spawn_writer()
+                pipes[rfd] = WRITER_INDEX
             for i in range(self.n):
                 _, rfd = self._spawn(i, list(pipes))
                 pipes[rfd] = i
@@ -837,13 +1286,14 @@ class _Parent:
         bad.update({i: "did not start in time" for fd, i in pipes.items() if fd not in status})
         if bad:
             i, why = sorted(bad.items())[0]
-            raise ServeError(f"worker {i} failed to start: {why or 'exited'}")
+            raise ServeError(f"{_child_name(i)} failed to start: {why or 'exited'}")
         info = ServerInfo(
             self.kw["slice_db"],
             self.listen,
-            list(self.pids.values()),
+            [pid for i, pid in self.pids.items() if i != WRITER_INDEX],
             self.kw["stats_dir"],
             self.meta,
+            self.pids.get(WRITER_INDEX),
         )
         stats_mod.write_json(self.kw["stats_dir"] / stats_mod.SERVER_FILE, _server_json(info))
         log.info(_start_line(info))
@@ -863,20 +1313,20 @@ class _Parent:
             limit, window = RESTARTS_WINDOW
             self.deaths = [t for t in self.deaths if now - t < window] + [now]
             log.warning(
-                "worker %d (pid %d) died (%s); restarting",
-                index,
+                "%s (pid %d) died (%s); restarting",
+                _child_name(index),
                 pid,
                 _exit_text(status),
             )
             if len(self.deaths) > limit:
                 raise ServeError(f"workers died {len(self.deaths)} times in {window:.0f} s")
-            _, rfd = self._spawn(index)
+            _, rfd = self._spawn_writer() if index == WRITER_INDEX else self._spawn(index)
             try:
                 line = _wait_ready({rfd: index}, now + READY_TIMEOUT).get(rfd, "")
             finally:
                 os.close(rfd)
             if line != "ok":
-                log.error("worker %d failed to restart: %s", index, line or "exited")
+                log.error("%s failed to restart: %s", _child_name(index), line or "exited")
 
     def _stop_all(self) -> None:
         for pid in self.pids.values():
@@ -895,12 +1345,16 @@ class _Parent:
             if left:
                 time.sleep(0.02)
         for i, pid in left.items():
-            log.warning("worker %d (pid %d) did not stop in %.0f s; killed", i, pid, STOP_GRACE)
+            log.warning("%s (pid %d) did not stop in %.0f s; killed", _child_name(i), pid, STOP_GRACE)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         self.pids.clear()
+
+
+def _child_name(index: int) -> str:
+    return "writer" if index == WRITER_INDEX else f"worker {index}"
 
 
 def _exit_text(status: int) -> str:
@@ -989,57 +1443,3 @@ def _background_main(
         with contextlib.suppress(OSError):
             send.send(("error", str(exc)))
         sys.exit(1)
-
-
-# ------------------------------------------------------------------ python -m
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m zoneslice.engine.server SLICE_DB [--listen A:P ...] [--workers N]``."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m zoneslice.engine.server")
-    ap.add_argument("slice_db", nargs="?")
-    ap.add_argument("--manifest")
-    ap.add_argument("--slice", type=int)
-    ap.add_argument("--listen", action="append", default=[])
-    ap.add_argument("--workers", type=int)
-    ap.add_argument("--stats")
-    ap.add_argument("--axfr-allow", action="append", default=[])
-    ap.add_argument("--responder", help="module:callable replacing the Responder (tests, benches)")
-    ap.add_argument("--cache-size", type=int, help="answer cache entries per worker")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    source: Source
-    if a.manifest is not None:
-        if a.slice is None:
-            ap.error("--manifest needs --slice")
-        source = (a.manifest, a.slice)
-    elif a.slice_db:
-        source = a.slice_db
-    else:
-        ap.error("give SLICE_DB or --manifest M --slice I")
-    factory = None
-    if a.responder:
-        import importlib
-
-        mod, _, attr = a.responder.partition(":")
-        factory = getattr(importlib.import_module(mod), attr)
-    try:
-        serve(
-            source,
-            [parse_listen(x) for x in a.listen] or None,
-            a.workers,
-            stats_path=a.stats,
-            axfr_allow=a.axfr_allow,
-            responder_factory=factory,
-            responder_options={"cache_size": a.cache_size} if a.cache_size else None,
-        )
-    except ZonesliceError as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,6 +18,7 @@ from zoneslice.errors import ServeError
 
 SERVER_FILE = "server.json"
 WORKER_GLOB = "worker-*.json"
+WRITER_FILE = "writer.json"
 
 
 def worker_file(directory: str | os.PathLike[str], index: int) -> Path:
@@ -46,7 +47,8 @@ def merge(total: dict[str, Any], part: Mapping[str, Any]) -> dict[str, Any]:
 def read_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Per-worker and summed counters of the server whose stats directory is ``path``.
 
-    Returns ``{"server": {...}, "workers": [...], "total": {"server": {...}, "responder": {...}}}``.
+    Returns ``{"server": {...}, "workers": [...], "total": {"server": {...}, "responder": {...}}}``
+    plus ``"writer"`` (the writer process's and its role's counters) when the node has one.
 
     :raises ServeError: ``path`` holds no stats.
     """
@@ -67,8 +69,16 @@ def read_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise ServeError(f"{d}: no server statistics there") from None
     except (OSError, ValueError) as exc:
         raise ServeError(f"{d}: unreadable server statistics: {exc}") from None
+    writer: dict[str, Any] | None = None
+    try:
+        writer = json.loads((d / WRITER_FILE).read_text())
+    except (OSError, ValueError):
+        pass
     total: dict[str, Any] = {"server": {}, "responder": {}}
     for w in workers:
         merge(total["server"], w.get("server", {}))
         merge(total["responder"], w.get("responder", {}))
-    return {"server": server, "workers": workers, "total": total}
+    out = {"server": server, "workers": workers, "total": total}
+    if writer is not None:
+        out["writer"] = writer
+    return out

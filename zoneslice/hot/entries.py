@@ -295,6 +295,7 @@ class EntryBuilder:
                         (child, dns.rdatatype.A),
                         (wire, dns.rdatatype.NS),
                         (child, dns.rdatatype.DS),
+                        (child if i else wire, dns.rdatatype.ANY),
                     ):
                         if len(qname) > 255:
                             continue

@@ -42,6 +42,8 @@ BRIDGE_NS = "zs-br"
 BRIDGE = "zsbr0"
 HOST_LINK = "zs-ctl"
 NODE_IFACE = "zs0"
+LOCAL_HOT_SIZE = 512
+"""Hot answers per node here: every node learns its set from its engine at start, on 2 shared CPUs."""
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 PRIVSEP_DIR = Path("/run/sshd")
@@ -446,6 +448,7 @@ def _write_inventory(
         secondaries=secondaries,
         xdp=xdp,
         xdp_mode="generic",
+        hot_size=LOCAL_HOT_SIZE,
         extra_vars=connection_vars(wd),
     )
     _record(wd, state, "files", INVENTORY)
@@ -468,6 +471,7 @@ def connection_vars(wd: Path) -> dict[str, Any]:
         "zoneslice_install_packages": False,
         "zoneslice_service_manager": "supervisor",
         "zoneslice_testbed": True,
+        "zoneslice_engine_start_timeout": 240,
     }
 
 

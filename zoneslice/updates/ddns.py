@@ -1,7 +1,7 @@
 """RFC 2136 UPDATE processing against one slice (or whole-zone) database.
 
-:func:`process` takes a parsed UPDATE (``one_rr_per_rrset=True``, so records
-keep their wire order) and applies it inside a SAVEPOINT of the caller's
+:func:`process` takes a parsed UPDATE (:func:`zoneslice.updates.wire.parse_update`,
+records in wire order) and applies it inside a SAVEPOINT of the caller's
 transaction: zone section (FORMERR / NOTAUTH), prerequisites in RFC order
 (§3.2), prescan of the update section (§3.4.1), ordered application (§3.4.2),
 then one serial bump and one journal entry. Any refusal rolls the savepoint
@@ -36,6 +36,7 @@ from zoneslice.errors import UpdateRefused
 from zoneslice.slicing import SlicePlan
 from zoneslice.store.keys import name_key
 from zoneslice.store.models import OWNED
+from zoneslice.updates.wire import Rec, Update
 
 T = dns.rdatatype
 R = dns.rcode
@@ -103,53 +104,69 @@ def next_serial(current: int, policy: str = "increment", now: int | None = None)
     return nxt or 1
 
 
+_WIRE_IS_CANONICAL = frozenset({T.A, T.AAAA, T.TXT, T.DS, T.DNSKEY, T.SSHFP, T.TLSA})
+_ONE_NAME = frozenset({T.NS, T.CNAME, T.PTR, T.DNAME})
+
+
 def canonical(rdtype: int, rdata: bytes) -> bytes:
     """RFC 4034 §6.2 canonical form of rdata, for RRset equality."""
+    if rdtype in _WIRE_IS_CANONICAL:
+        return rdata
+    if rdtype in _ONE_NAME:
+        return rdata.lower()  # length octets are < 64, so only ASCII letters change
     rd = dns.rdata.from_wire(dns.rdataclass.IN, rdtype, rdata, 0, len(rdata))
     return rd.to_digestable()
 
 
-def _record_ttls(wire: bytes) -> list[int]:
-    """TTL of every prerequisite and update record, in wire order (dnspython drops them
-    for empty-rdata records, which RFC 2136 requires to be 0)."""
-    qd, an, ns = struct.unpack_from("!HHH", wire, 4)
-    pos = 12
-    out: list[int] = []
-    for i in range(qd + an + ns):
-        while True:
-            ln = wire[pos]
-            if ln >= 0xC0:
-                pos += 2
-                break
-            pos += ln + 1
-            if ln == 0:
-                break
-        if i < qd:
-            pos += 4
-            continue
-        ttl, rdlen = struct.unpack_from("!IH", wire, pos + 4)
-        out.append(ttl)
-        pos += 10 + rdlen
-    return out
+class Batch:
+    """What the messages of one transaction (one group commit) share: the rows read so far
+    and the SOA, written once at the end (:meth:`finish`) instead of once per message."""
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, set[Row]] = {}
+        self.soa: Row | None = None
+        self.dirty = False
+
+    def finish(self, conn: sqlite3.Connection) -> None:
+        """Write the SOA and the meta serial; call before the commit."""
+        if not self.dirty or self.soa is None:
+            return
+        conn.execute("DELETE FROM rr WHERE rkey = x'' AND rdtype = ? AND origin = ?", (T.SOA, OWNED))
+        conn.execute(
+            "INSERT INTO rr (rkey, rdtype, covers, rdata, ttl, origin) VALUES (x'', ?, 0, ?, ?, ?)",
+            (T.SOA, self.soa[2], self.soa[3], OWNED),
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('serial', ?)",
+            (str(journal.soa_serial(self.soa[2])),),
+        )
+        self.dirty = False
 
 
 class _Store:
-    """Owned rows of one database, read and written through the caller's connection."""
+    """Owned rows of one database through the caller's connection, cached for the batch."""
 
-    def __init__(self, conn: sqlite3.Connection, origin: dns.name.Name) -> None:
+    def __init__(self, conn: sqlite3.Connection, origin: dns.name.Name, batch: Batch) -> None:
         self.conn = conn
         self.origin = origin
+        self.batch = batch
+        self.cache = batch.rows
 
     def key(self, name: dns.name.Name) -> bytes:
         return name_key(name, self.origin)
 
     def rows(self, key: bytes) -> set[Row]:
-        return set(
-            self.conn.execute(
-                "SELECT rdtype, covers, rdata, ttl FROM rr WHERE rkey = ? AND origin = ?",
-                (key, OWNED),
+        cached = self.cache.get(key)
+        if cached is None:
+            cached = self.cache[key] = set(
+                self.conn.execute(
+                    "SELECT rdtype, covers, rdata, ttl FROM rr WHERE rkey = ? AND origin = ?",
+                    (key, OWNED),
+                )
             )
-        )
+        if not key and self.batch.soa is not None:
+            return {r for r in cached if r[0] != T.SOA} | {self.batch.soa}
+        return set(cached)
 
     def types(self, key: bytes) -> set[int]:
         return {r[0] for r in self.rows(key)}
@@ -163,6 +180,11 @@ class _Store:
             " VALUES (?, ?, ?, ?, ?, ?)",
             (key, rdtype, covers, rdata, ttl, OWNED),
         )
+        cached = self.cache.get(key)
+        if cached is not None:
+            for r in [r for r in cached if r[0] == rdtype and r[1] == covers and r[2] == rdata]:
+                cached.discard(r)
+            cached.add((rdtype, covers, rdata, ttl))
 
     def delete(self, key: bytes, rdtype: int, covers: int, rdata: bytes) -> None:
         self.conn.execute(
@@ -170,22 +192,36 @@ class _Store:
             " AND origin = ?",
             (key, rdtype, covers, rdata, OWNED),
         )
+        cached = self.cache.get(key)
+        if cached is not None:
+            for r in [r for r in cached if r[0] == rdtype and r[1] == covers and r[2] == rdata]:
+                cached.discard(r)
 
     def delete_type(self, key: bytes, rdtype: int) -> None:
         self.conn.execute(
             "DELETE FROM rr WHERE rkey = ? AND rdtype = ? AND origin = ?", (key, rdtype, OWNED)
         )
+        cached = self.cache.get(key)
+        if cached is not None:
+            for r in [r for r in cached if r[0] == rdtype]:
+                cached.discard(r)
 
     def set_ttl(self, key: bytes, rdtype: int, covers: int, ttl: int) -> None:
         self.conn.execute(
             "UPDATE rr SET ttl = ? WHERE rkey = ? AND rdtype = ? AND covers = ? AND origin = ?",
             (ttl, key, rdtype, covers, OWNED),
         )
+        cached = self.cache.get(key)
+        if cached is not None:
+            for r in [r for r in cached if r[0] == rdtype and r[1] == covers]:
+                cached.discard(r)
+                cached.add((r[0], r[1], r[2], ttl))
 
     def soa(self) -> Row:
         rows = self.rrset(b"", T.SOA)
         if len(rows) != 1:
             raise UpdateRefused(R.SERVFAIL, f"{self.origin}: {len(rows)} SOA records at the apex")
+        self.batch.soa = rows[0]
         return rows[0]
 
 
@@ -195,37 +231,48 @@ def _rrset_canon(rows: list[Row]) -> set[bytes]:
 
 def process(
     conn: sqlite3.Connection,
-    msg: dns.message.Message,
-    wire: bytes,
+    upd: Update,
     zone: Zone,
     *,
     allowed: Allowed | None = None,
     serial_policy: str = "increment",
+    batch: Batch | None = None,
 ) -> UpdateResult:
-    """Apply one UPDATE in a SAVEPOINT of ``conn``'s open transaction; never raises for
-    a refusal (the rcode says it), only for database failures (after rolling back)."""
+    """Apply one UPDATE (:func:`zoneslice.updates.wire.parse_update`) in a SAVEPOINT of
+    ``conn``'s open transaction; never raises for a refusal (the rcode says it), only
+    for database failures (after rolling back).
+
+    Messages of one transaction share a :class:`Batch`, whose ``finish`` must run
+    before the commit; without one, the SOA is written before returning.
+    """
+    own = batch is None
+    b = Batch() if batch is None else batch
     conn.execute("SAVEPOINT ddns")
     try:
-        result = _process(conn, msg, wire, zone, allowed, serial_policy)
+        result = _process(conn, upd, zone, allowed, serial_policy, b)
     except UpdateRefused as exc:
         conn.execute("ROLLBACK TO ddns")
         conn.execute("RELEASE ddns")
+        b.rows.clear()
         return UpdateResult(exc.rcode, reason=str(exc))
     except BaseException:
         conn.execute("ROLLBACK TO ddns")
         conn.execute("RELEASE ddns")
+        b.rows.clear()
         raise
+    if own:
+        b.finish(conn)
     conn.execute("RELEASE ddns")
     return result
 
 
-def check_zone(msg: dns.message.Message, zone: Zone) -> None:
+def check_zone(upd: Update, zone: Zone) -> None:
     """RFC 2136 §3.1: one SOA-typed zone record naming our zone in class IN."""
-    zsec = msg.sections[0]
-    if len(zsec) != 1 or zsec[0].rdtype != T.SOA:
+    if len(upd.zone) != 1 or upd.zone[0].rdtype != T.SOA:
         raise UpdateRefused(R.FORMERR, "zone section must hold one SOA-typed record")
-    if zsec[0].rdclass != dns.rdataclass.IN or zsec[0].name != zone.origin:
-        raise UpdateRefused(R.NOTAUTH, f"not authoritative for {zsec[0].name}")
+    z = upd.zone[0]
+    if z.rdclass != dns.rdataclass.IN or z.name != zone.origin:
+        raise UpdateRefused(R.NOTAUTH, f"not authoritative for {z.name}")
 
 
 def _in_zone(name: dns.name.Name, zone: Zone) -> None:
@@ -235,148 +282,177 @@ def _in_zone(name: dns.name.Name, zone: Zone) -> None:
         raise UpdateRefused(R.NOTAUTH, f"{name} is outside this slice")
 
 
-def check_prerequisites(
-    store: _Store, zone: Zone, prereqs: list[dns.rrset.RRset], ttls: list[int]
-) -> None:
+def check_prerequisites(store: _Store, zone: Zone, prereqs: list[Rec]) -> None:
     """RFC 2136 §3.2.5, record by record; the value-dependent ones compared at the end."""
     temp: dict[tuple[dns.name.Name, int], set[bytes]] = {}
-    for rrset, ttl in zip(prereqs, ttls, strict=True):
-        name = rrset.name
-        if ttl != 0:
-            raise UpdateRefused(R.FORMERR, f"prerequisite {name} has TTL {ttl}")
+    for rec in prereqs:
+        name = rec.name
+        if rec.ttl != 0:
+            raise UpdateRefused(R.FORMERR, f"prerequisite {name} has TTL {rec.ttl}")
         _in_zone(name, zone)
         key = store.key(name)
-        if rrset.deleting == dns.rdataclass.ANY:
-            if rrset.rdtype == T.ANY:
+        if rec.rdclass == dns.rdataclass.ANY:
+            if rec.rdata:
+                raise UpdateRefused(R.FORMERR, f"prerequisite {name} class ANY with data")
+            if rec.rdtype == T.ANY:
                 if not store.rows(key):
                     raise UpdateRefused(R.NXDOMAIN, f"{name} is not in use")
-            elif not store.rrset(key, rrset.rdtype):
-                raise UpdateRefused(R.NXRRSET, f"{name} {T.to_text(rrset.rdtype)} does not exist")
-        elif rrset.deleting == dns.rdataclass.NONE:
-            if rrset.rdtype == T.ANY:
+            elif not store.rrset(key, rec.rdtype):
+                raise UpdateRefused(R.NXRRSET, f"{name} {T.to_text(rec.rdtype)} does not exist")
+        elif rec.rdclass == dns.rdataclass.NONE:
+            if rec.rdata:
+                raise UpdateRefused(R.FORMERR, f"prerequisite {name} class NONE with data")
+            if rec.rdtype == T.ANY:
                 if store.rows(key):
                     raise UpdateRefused(R.YXDOMAIN, f"{name} is in use")
-            elif store.rrset(key, rrset.rdtype):
-                raise UpdateRefused(R.YXRRSET, f"{name} {T.to_text(rrset.rdtype)} exists")
-        elif rrset.rdclass == dns.rdataclass.IN:
-            if T.is_metatype(rrset.rdtype) or len(rrset) != 1:
+            elif store.rrset(key, rec.rdtype):
+                raise UpdateRefused(R.YXRRSET, f"{name} {T.to_text(rec.rdtype)} exists")
+        elif rec.rdclass == dns.rdataclass.IN:
+            if T.is_metatype(rec.rdtype) or not rec.rdata:
                 raise UpdateRefused(R.FORMERR, f"bad value prerequisite at {name}")
-            rd = rrset[0]
-            temp.setdefault((name, rrset.rdtype), set()).add(rd.to_digestable())
+            temp.setdefault((name, rec.rdtype), set()).add(canonical(rec.rdtype, rec.rdata))
         else:
-            raise UpdateRefused(R.FORMERR, f"prerequisite {name} in class {rrset.rdclass}")
+            raise UpdateRefused(R.FORMERR, f"prerequisite {name} in class {rec.rdclass}")
     for (name, rdtype), want in temp.items():
         if _rrset_canon(store.rrset(store.key(name), rdtype)) != want:
             raise UpdateRefused(R.NXRRSET, f"{name} {T.to_text(rdtype)} differs")
 
 
-def prescan(
-    zone: Zone, updates: list[dns.rrset.RRset], ttls: list[int], allowed: Allowed | None
-) -> None:
+def prescan(zone: Zone, updates: list[Rec], allowed: Allowed | None) -> None:
     """RFC 2136 §3.4.1, then the policy (as BIND): reject the whole message before any
     record is applied."""
-    for rrset, ttl in zip(updates, ttls, strict=True):
-        _in_zone(rrset.name, zone)
-        rdtype = rrset.rdtype
-        if rrset.deleting is None:
-            if rrset.rdclass != dns.rdataclass.IN:
-                raise UpdateRefused(R.FORMERR, f"update {rrset.name} in class {rrset.rdclass}")
+    for rec in updates:
+        _in_zone(rec.name, zone)
+        rdtype = rec.rdtype
+        if rec.rdclass == dns.rdataclass.IN:
             if rdtype == T.ANY or rdtype in BAD_UPDATE_TYPES or T.is_metatype(rdtype):
                 raise UpdateRefused(R.FORMERR, f"cannot add type {T.to_text(rdtype)}")
-        elif rrset.deleting == dns.rdataclass.ANY:
-            if ttl != 0 or len(rrset) or rdtype in BAD_UPDATE_TYPES:
-                raise UpdateRefused(R.FORMERR, f"bad delete of {rrset.name}")
-        elif rrset.deleting == dns.rdataclass.NONE:
-            if ttl != 0 or rdtype == T.ANY or rdtype in BAD_UPDATE_TYPES:
-                raise UpdateRefused(R.FORMERR, f"bad delete of a record at {rrset.name}")
+            if not rec.rdata:
+                raise UpdateRefused(R.FORMERR, f"add of {rec.name} without data")
+        elif rec.rdclass == dns.rdataclass.ANY:
+            if rec.ttl != 0 or rec.rdata or rdtype in BAD_UPDATE_TYPES:
+                raise UpdateRefused(R.FORMERR, f"bad delete of {rec.name}")
+        elif rec.rdclass == dns.rdataclass.NONE:
+            if rec.ttl != 0 or rdtype == T.ANY or rdtype in BAD_UPDATE_TYPES or not rec.rdata:
+                raise UpdateRefused(R.FORMERR, f"bad delete of a record at {rec.name}")
+        else:
+            raise UpdateRefused(R.FORMERR, f"update {rec.name} in class {rec.rdclass}")
     if allowed is not None:
-        for rrset in updates:
-            if not allowed(rrset.name, rrset.rdtype):
-                raise UpdateRefused(R.REFUSED, f"not allowed to update {rrset.name}")
+        for rec in updates:
+            if not allowed(rec.name, rec.rdtype):
+                raise UpdateRefused(R.REFUSED, f"not allowed to update {rec.name}")
 
 
 class _Applier:
-    """§3.4.2 on the store, remembering each touched node as it was before."""
+    """§3.4.2 on the store, keeping each touched node in memory (one SELECT per node)
+    and remembering it as it was before."""
 
     def __init__(self, store: _Store, zone: Zone) -> None:
         self.store = store
         self.zone = zone
         self.before: dict[bytes, tuple[dns.name.Name, set[Row]]] = {}
+        self.cur: dict[bytes, set[Row]] = {}
         self.soa_set = False
 
     def touch(self, name: dns.name.Name) -> bytes:
         key = self.store.key(name)
         if key not in self.before:
-            self.before[key] = (name, self.store.rows(key))
+            rows = self.store.rows(key)
+            self.before[key] = (name, rows)
+            self.cur[key] = set(rows)
         return key
 
-    def apply(self, rrset: dns.rrset.RRset, ttl: int) -> None:
-        if rrset.deleting is None:
-            self.add(rrset, ttl)
-        elif rrset.deleting == dns.rdataclass.ANY:
-            self.delete_rrsets(rrset.name, rrset.rdtype)
-        else:
-            self.delete_rr(rrset)
+    def _insert(self, key: bytes, row: Row) -> None:
+        rdtype, covers, rdata, ttl = row
+        cur = self.cur[key]
+        for r in [r for r in cur if r[0] == rdtype and r[1] == covers and r[2] == rdata]:
+            cur.discard(r)
+        cur.add(row)
+        self.store.insert(key, rdtype, covers, rdata, ttl)
 
-    def add(self, rrset: dns.rrset.RRset, ttl: int) -> None:
-        s = self.store
-        name, rdtype, rd = rrset.name, rrset.rdtype, rrset[0]
+    def _delete_rows(self, key: bytes, rows: list[Row]) -> None:
+        cur = self.cur[key]
+        for r in rows:
+            cur.discard(r)
+            self.store.delete(key, r[0], r[1], r[2])
+
+    def _delete_type(self, key: bytes, rdtype: int) -> None:
+        cur = self.cur[key]
+        gone = [r for r in cur if r[0] == rdtype]
+        if gone:
+            for r in gone:
+                cur.discard(r)
+            self.store.delete_type(key, rdtype)
+
+    def apply(self, rec: Rec) -> None:
+        if rec.rdclass == dns.rdataclass.IN:
+            self.add(rec)
+        elif rec.rdclass == dns.rdataclass.ANY:
+            self.delete_rrsets(rec.name, rec.rdtype)
+        else:
+            self.delete_rr(rec)
+
+    def add(self, rec: Rec) -> None:
+        name, rdtype, rdata = rec.name, rec.rdtype, rec.rdata
         key = self.touch(name)
-        types = s.types(key)
+        cur = self.cur[key]
+        types = {r[0] for r in cur}
         if rdtype == T.CNAME and types - {T.CNAME} - CNAME_COMPANIONS:
             return
         if rdtype not in (T.CNAME, *CNAME_COMPANIONS) and T.CNAME in types:
             return
-        rdata = rd.to_wire()
-        covers = int(rd.covers())
+        covers = rec.covers
         if rdtype == T.SOA:
             if name != self.zone.origin:
                 return
-            old = s.soa()
-            if not serial_gt(rd.serial, journal.soa_serial(old[2])):
+            old = [r for r in cur if r[0] == T.SOA]
+            if len(old) != 1:
+                raise UpdateRefused(R.SERVFAIL, f"{self.zone.origin}: {len(old)} SOA records")
+            if not serial_gt(journal.soa_serial(rdata), journal.soa_serial(old[0][2])):
                 return
-            s.delete_type(key, T.SOA)
-            s.insert(key, T.SOA, 0, rdata, rrset.ttl)
+            self._delete_type(key, T.SOA)
+            self._insert(key, (T.SOA, 0, rdata, rec.ttl))
             self.soa_set = True
             return
         if rdtype == T.CNAME:
-            s.delete_type(key, T.CNAME)
-            s.insert(key, rdtype, covers, rdata, rrset.ttl)
+            self._delete_type(key, T.CNAME)
+            self._insert(key, (rdtype, covers, rdata, rec.ttl))
             return
-        want = rd.to_digestable()
-        for r in s.rrset(key, rdtype):
-            if r[1] == covers and canonical(rdtype, r[2]) == want:
-                s.delete(key, rdtype, covers, r[2])
-        s.insert(key, rdtype, covers, rdata, rrset.ttl)
-        s.set_ttl(key, rdtype, covers, rrset.ttl)
+        want = canonical(rdtype, rdata)
+        self._delete_rows(key, [r for r in cur if r[0] == rdtype and r[1] == covers
+                                and canonical(rdtype, r[2]) == want])
+        self._insert(key, (rdtype, covers, rdata, rec.ttl))
+        stale = [r for r in cur if r[0] == rdtype and r[1] == covers and r[3] != rec.ttl]
+        if stale:
+            for r in stale:
+                cur.discard(r)
+                cur.add((r[0], r[1], r[2], rec.ttl))
+            self.store.set_ttl(key, rdtype, covers, rec.ttl)
 
     def delete_rrsets(self, name: dns.name.Name, rdtype: int) -> None:
-        s = self.store
         apex = name == self.zone.origin
         if apex and rdtype in (T.SOA, T.NS):
             return
         key = self.touch(name)
         if rdtype != T.ANY:
-            s.delete_type(key, rdtype)
+            self._delete_type(key, rdtype)
             return
-        for t in s.types(key):
+        for t in {r[0] for r in self.cur[key]}:
             if not (apex and t in (T.SOA, T.NS)):
-                s.delete_type(key, t)
+                self._delete_type(key, t)
 
-    def delete_rr(self, rrset: dns.rrset.RRset) -> None:
-        s = self.store
-        name, rdtype, rd = rrset.name, rrset.rdtype, rrset[0]
+    def delete_rr(self, rec: Rec) -> None:
+        name, rdtype = rec.name, rec.rdtype
         if rdtype == T.SOA:
             return
         key = self.touch(name)
-        current = s.rrset(key, rdtype)
-        want = rd.to_digestable()
-        covers = int(rd.covers())
+        current = [r for r in self.cur[key] if r[0] == rdtype]
+        want = canonical(rdtype, rec.rdata)
+        covers = rec.covers
         hits = [r for r in current if r[1] == covers and canonical(rdtype, r[2]) == want]
         if rdtype == T.NS and name == self.zone.origin and len(hits) == len(current):
             return
-        for r in hits:
-            s.delete(key, rdtype, covers, r[2])
+        self._delete_rows(key, hits)
 
     def diff(self) -> tuple[list[journal.RR], list[journal.RR], set[dns.name.Name]]:
         """Net deleted and added records (SOA aside) and the owners that changed."""
@@ -384,7 +460,7 @@ class _Applier:
         added: list[journal.RR] = []
         names: set[dns.name.Name] = set()
         for key, (name, before) in sorted(self.before.items()):
-            after = self.store.rows(key)
+            after = self.cur[key]
             gone = sorted(r for r in before - after if r[0] != T.SOA)
             new = sorted(r for r in after - before if r[0] != T.SOA)
             if gone or new:
@@ -396,44 +472,34 @@ class _Applier:
 
 def _process(
     conn: sqlite3.Connection,
-    msg: dns.message.Message,
-    wire: bytes,
+    upd: Update,
     zone: Zone,
     allowed: Allowed | None,
     serial_policy: str,
+    batch: Batch,
 ) -> UpdateResult:
-    check_zone(msg, zone)
-    prereqs, updates = list(msg.sections[1]), list(msg.sections[2])
-    try:
-        ttls = _record_ttls(wire)
-    except (IndexError, struct.error) as exc:
-        raise UpdateRefused(R.FORMERR, "truncated message") from exc
-    if len(ttls) < len(prereqs) + len(updates):
-        raise UpdateRefused(R.FORMERR, "record count mismatch")
-    store = _Store(conn, zone.origin)
-    check_prerequisites(store, zone, prereqs, ttls[: len(prereqs)])
-    prescan(zone, updates, ttls[len(prereqs) : len(prereqs) + len(updates)], allowed)
-    if zone.signed and updates:
+    check_zone(upd, zone)
+    store = _Store(conn, zone.origin, batch)
+    check_prerequisites(store, zone, upd.prereqs)
+    prescan(zone, upd.updates, allowed)
+    if zone.signed and upd.updates:
         raise UpdateRefused(R.REFUSED, f"{zone.origin} is signed; updates need online signing")
     old_soa = store.soa()
     applier = _Applier(store, zone)
-    for rrset, ttl in zip(updates, ttls[len(prereqs) :], strict=False):
-        applier.apply(rrset, ttl)
+    for rec in upd.updates:
+        applier.apply(rec)
     deleted, added, names = applier.diff()
     if not (deleted or added or applier.soa_set):
         return UpdateResult(R.NOERROR)
     if applier.soa_set:
-        new_soa = store.soa()
+        (new_soa,) = [r for r in applier.cur[b""] if r[0] == T.SOA]
     else:
         serial = next_serial(journal.soa_serial(old_soa[2]), serial_policy)
         rdata = old_soa[2][:-20] + struct.pack("!I", serial) + old_soa[2][-16:]
-        store.delete_type(b"", T.SOA)
-        store.insert(b"", T.SOA, 0, rdata, old_soa[3])
         new_soa = (T.SOA, 0, rdata, old_soa[3])
+    batch.soa = new_soa
+    batch.dirty = True
     cs = journal.Changeset(old_soa[2], new_soa[2], deleted, added)
     journal.append(conn, cs)
-    conn.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES ('serial', ?)", (str(cs.serial_to),)
-    )
     names.add(zone.origin)
     return UpdateResult(R.NOERROR, names, cs)

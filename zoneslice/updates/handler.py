@@ -1,22 +1,22 @@
-"""The engine's UPDATE hook: TSIG check, policy, queue, answer; and cache coherence.
+"""What UPDATE handling shares: TSIG check and policy (:class:`UpdateGate`), the
+answers, and cache coherence in the workers.
 
-``Responder.update_handler = make_update_handler(...)`` hands every UPDATE
-message here. The answer is built only after the writer has committed (fsync)
-and ``on_commit`` has invalidated the cached answers of the changed names.
+The node's writer process (:class:`zoneslice.updates.primary.PrimaryRole`)
+gates, queues and answers UPDATEs; the answer is built only after the commit
+(fsync) and the commit hooks.
 
 Several worker processes serve one database; each has its own cache. A commit
-made by one worker is seen by the others through :class:`WatchedResponder`:
+made by the writer is seen by every worker through :class:`WatchedResponder`:
 before each query it compares the :class:`~zoneslice.updates.queue.CommitSignal`
 (an 8-byte mapped file the writer rewrites after each commit, before answering)
 with the value it last saw and, on a change, drops the cached answers of every
 name the new journal entries touched. ``PRAGMA data_version`` would say the same
-but costs a SQLite call per query (measured 7-15 us against a 3 us cache hit). The updates package does not import the engine: the Responder class
-is passed in (see :func:`updating_responder_factory`).
+but costs a SQLite call per query (measured 7-15 us against a 3 us cache hit).
+The updates package does not import the engine: the Responder is passed in.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import struct
 import time
@@ -35,9 +35,9 @@ import dns.tsig
 
 from zoneslice import journal
 from zoneslice.updates.acl import Keyring, UpdatePolicy
-from zoneslice.updates.queue import CommitSignal, UpdateQueue
+from zoneslice.updates.queue import CommitSignal
+from zoneslice.updates.wire import Update, parse_update, response
 
-UpdateHandler = Callable[[bytes, Any], bytes | None]
 _TSIG_ERRORS: list[tuple[type[Exception], int]] = [
     (dns.message.UnknownTSIGKey, dns.rcode.BADKEY),
     (dns.tsig.BadKey, dns.rcode.BADKEY),
@@ -92,75 +92,51 @@ def tsig_error_response(wire: bytes, error: int) -> bytes | None:
     return bytes(out)
 
 
-def make_update_handler(
-    slice_db: str | os.PathLike[str],
-    keyring: Keyring | None,
-    policy: UpdatePolicy,
-    *,
-    on_commit: Callable[[set[dns.name.Name]], None] | None = None,
-    serial_policy: str = "increment",
-    timeout: float = 30.0,
-) -> UpdateHandler:
-    """``handler(wire, client) -> response wire`` for the Responder's UPDATE hook.
+class UpdateGate:
+    """TSIG verification and policy: what an UPDATE must pass before the writer applies it.
 
-    The writer (an :class:`UpdateQueue`) starts with the first UPDATE, in the
-    calling process (after the server's fork); ``handler.queue`` exposes it.
+    :meth:`check` returns the parsed message and the per-record policy check to
+    hand to :class:`~zoneslice.updates.queue.UpdateQueue`, or the answer to send
+    right away (FORMERR, NOTIMP, NOTAUTH with the TSIG error, REFUSED).
     """
-    state: dict[str, UpdateQueue] = {}
 
-    def writer() -> UpdateQueue:
-        q = state.get("q")
-        if q is None:
-            q = state["q"] = UpdateQueue(slice_db, serial_policy=serial_policy, on_commit=on_commit)
-        return q
+    def __init__(self, keyring: Keyring | None, policy: UpdatePolicy) -> None:
+        self.ring = keyring or {}
+        self.policy = policy
 
-    ring = keyring or {}
-
-    def handle(wire: bytes, client: Any) -> bytes | None:
+    def check(
+        self, wire: bytes, client: Any
+    ) -> tuple[Update, Callable[[dns.name.Name, int], bool]] | bytes | None:
         if len(wire) < 12 or wire[2] & 0x80:
             return None
+        if (wire[2] >> 3) & 0xF != dns.opcode.UPDATE:
+            return header_error(wire, dns.rcode.NOTIMP)
         try:
-            msg = dns.message.from_wire(wire, keyring=ring, one_rr_per_rrset=True)
+            upd = parse_update(wire, self.ring)
         except Exception as exc:  # noqa: BLE001 - classified below; anything else is FORMERR
             for cls, err in _TSIG_ERRORS:
                 if isinstance(exc, cls):
                     return tsig_error_response(wire, err)
             return header_error(wire, dns.rcode.FORMERR)
-        if msg.opcode() != dns.opcode.UPDATE:
-            return header_error(wire, dns.rcode.NOTIMP)
-        key = msg.keyname if msg.had_tsig else None
+        key = upd.keyname
         addr = client[0] if isinstance(client, tuple) else (str(client) if client else None)
+        policy = self.policy
         if not policy.sender_allowed(key, addr):
-            return _answer(msg, dns.rcode.REFUSED)
+            return response(upd, wire, dns.rcode.REFUSED)
 
         def allowed(name: dns.name.Name, _rdtype: int) -> bool:
             return policy.may_change(key, name)
 
-        try:
-            result = writer().submit(msg, wire, allowed).result(timeout)
-        except Exception:  # noqa: BLE001 - the database failed: nothing was acknowledged
-            return _answer(msg, dns.rcode.SERVFAIL)
-        return _answer(msg, result.rcode)
-
-    handle.queue = writer  # type: ignore[attr-defined]
-    return handle
-
-
-def _answer(msg: dns.message.Message, rcode: int) -> bytes:
-    """The response: zone section echoed, signed with the request's key when it had one."""
-    resp = dns.message.make_response(msg)
-    resp.set_rcode(rcode)
-    return resp.to_wire()
+        return upd, allowed
 
 
 class WatchedResponder:
-    """A Responder that answers UPDATE and notices commits made by other processes."""
+    """A Responder that notices commits made by the writer (another process)."""
 
-    def __init__(self, inner: Any, handler: UpdateHandler | None = None) -> None:
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
-        if handler is not None:
-            inner.update_handler = handler
         self._conn: sqlite3.Connection = inner.conn
+        self.origin = getattr(inner, "origin", None)
         self.signal = CommitSignal(inner.path)
         self._seen = self.signal.value()
         self._seq = journal.last_seq(self._conn)
@@ -176,6 +152,15 @@ class WatchedResponder:
             return
         self._seen = seen
         names, self._seq = journal.names_since(self._conn, self._seq)
+        if names is not None and self.origin not in names:
+            # the apex moved only its SOA (names_since marks it with the relative empty
+            # name): keep the negative answers, with the new serial written into them
+            soa_moved = getattr(self.inner, "soa_moved", None)
+            if soa_moved is not None and soa_moved():
+                rest = {n for n in names if n != dns.name.empty}
+                if rest:
+                    self.inner.invalidate(rest)
+                return
         self.inner.invalidate(names)
 
     def respond(self, wire: bytes, *, tcp: bool, client: Any = None) -> bytes | None:
@@ -192,22 +177,3 @@ class WatchedResponder:
     def close(self) -> None:
         self.signal.close()
         self.inner.close()
-
-
-def updating_responder_factory(
-    responder_cls: Callable[..., Any],
-    keyring: Keyring | None,
-    policy: UpdatePolicy,
-    *,
-    serial_policy: str = "increment",
-) -> Callable[..., WatchedResponder]:
-    """A ``responder_factory`` for :func:`zoneslice.engine.server.serve` that takes UPDATEs."""
-
-    def factory(slice_db: str | os.PathLike[str], **kw: Any) -> WatchedResponder:
-        inner = responder_cls(slice_db, **kw)
-        handler = make_update_handler(
-            slice_db, keyring, policy, on_commit=inner.invalidate, serial_policy=serial_policy
-        )
-        return WatchedResponder(inner, handler)
-
-    return factory

@@ -10,6 +10,7 @@ an answer is never sent for a change that is not on disk (RFC 2136 §3.5).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import mmap
 import os
@@ -29,6 +30,7 @@ import dns.rcode
 from zoneslice import journal
 from zoneslice.errors import StoreError
 from zoneslice.updates import ddns
+from zoneslice.updates.wire import Update, parse_update
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -80,12 +82,15 @@ class CommitSignal:
 
 @dataclass
 class Job:
-    """One parsed UPDATE waiting for the writer."""
+    """One parsed UPDATE waiting for the writer (a dnspython message is re-read from ``wire``)."""
 
-    msg: dns.message.Message
+    msg: Update | dns.message.Message
     wire: bytes
     allowed: ddns.Allowed | None = None
-    future: Future[ddns.UpdateResult] = field(default_factory=Future)
+    future: Future[ddns.UpdateResult] | asyncio.Future[ddns.UpdateResult] = field(
+        default_factory=Future
+    )
+    """A thread future (:meth:`UpdateQueue.submit`) or the caller's asyncio one."""
 
 
 class UpdateQueue:
@@ -131,18 +136,24 @@ class UpdateQueue:
         results: list[ddns.UpdateResult] = []
         with self._lock:
             conn.execute("BEGIN IMMEDIATE")
+            batch = ddns.Batch()
             try:
                 for job in jobs:
+                    upd = job.msg if isinstance(job.msg, Update) else _reparse(job.wire)
+                    if upd is None:
+                        results.append(ddns.UpdateResult(dns.rcode.FORMERR, reason="unparsable"))
+                        continue
                     results.append(
                         ddns.process(
                             conn,
-                            job.msg,
-                            job.wire,
+                            upd,
                             self.zone,
                             allowed=job.allowed,
                             serial_policy=self.serial_policy,
+                            batch=batch,
                         )
                     )
+                batch.finish(conn)
                 changesets = [r.changeset for r in results if r.changeset is not None]
                 if changesets and self.in_transaction is not None:
                     self.in_transaction(conn, changesets)
@@ -167,7 +178,7 @@ class UpdateQueue:
         return results
 
     def apply(
-        self, msg: dns.message.Message, wire: bytes, allowed: ddns.Allowed | None = None
+        self, msg: Update | dns.message.Message, wire: bytes, allowed: ddns.Allowed | None = None
     ) -> ddns.UpdateResult:
         """One UPDATE, committed on return (bypasses the thread)."""
         return self.apply_batch([Job(msg, wire, allowed)])[0]
@@ -175,7 +186,7 @@ class UpdateQueue:
     # ---- the writer thread
 
     def submit(
-        self, msg: dns.message.Message, wire: bytes, allowed: ddns.Allowed | None = None
+        self, msg: Update | dns.message.Message, wire: bytes, allowed: ddns.Allowed | None = None
     ) -> Future[ddns.UpdateResult]:
         """Queue one UPDATE; the future resolves after its group has committed."""
         if self._thread is None:
@@ -183,7 +194,7 @@ class UpdateQueue:
             self._thread.start()
         job = Job(msg, wire, allowed)
         self._q.put(job)
-        return job.future
+        return job.future  # type: ignore[return-value]
 
     def _run(self) -> None:
         while True:
@@ -220,3 +231,10 @@ class UpdateQueue:
             self._thread = None
         self.conn.close()
         self.signal.close()
+
+
+def _reparse(wire: bytes) -> Update | None:
+    try:
+        return parse_update(wire, None)
+    except Exception:  # noqa: BLE001 - whatever the parser refuses is FORMERR
+        return None

@@ -64,6 +64,7 @@ class Options:
             f"-DZS_MAX_EXACT={self.max_exact}",
             f"-DZS_MAX_DELEG={self.max_deleg}",
             f"-DZS_BODY_MAX={self.body_max}",
+            f"-DZS_MAX_SLOTS={maps.MAX_SLOTS}",
             *self.extra_cflags,
         ]
 
@@ -396,6 +397,26 @@ class HotPath:
     @property
     def entry_count(self) -> dict[str, int]:
         return {"exact": len(self._exact_keys), "deleg": len(self._deleg_keys)}
+
+    def hits(self, slots: Iterable[int]) -> dict[int, int]:
+        """XDP answers sent per hit-counter slot since it was last reset (summed over CPUs)."""
+        ncpu = lb.num_cpus()
+        fd = self._fd("zs_hits")
+        buf = ct.create_string_buffer(8 * ncpu)
+        out = {}
+        for slot in slots:
+            k = ct.c_uint32(slot)
+            lb.check(lb.lib().bpf_map_lookup_elem(fd, ct.byref(k), buf), "zs_hits lookup")
+            out[slot] = sum(struct.unpack(f"={ncpu}Q", buf.raw))
+        return out
+
+    def reset_hits(self, slots: Iterable[int]) -> None:
+        """Zero the hit counters of ``slots`` (before a slot is given to another key)."""
+        fd = self._fd("zs_hits")
+        zeros = ct.create_string_buffer(8 * lb.num_cpus())
+        for slot in slots:
+            k = ct.c_uint32(slot)
+            lb.check(lb.lib().bpf_map_update_elem(fd, ct.byref(k), zeros, 0), "zs_hits reset")
 
     def counters(self) -> dict[str, int]:
         """Per-CPU counters summed: answered_*, pass_* by reason, err_*."""

@@ -15,6 +15,7 @@ from zoneslice.errors import XdpError
 KEY_DATA = 256
 MAX_FIX = 32
 BODY_MAX = 1232
+MAX_SLOTS = 65536
 
 V_PLAIN = 0
 V_EDNS = 1
@@ -86,7 +87,7 @@ def answer_struct(body_max: int = BODY_MAX) -> type[ct.Structure]:
             ("csum", ct.c_uint16),
             ("nfix", ct.c_uint16),
             ("deleg_len", ct.c_uint16),
-            ("pad", ct.c_uint16),
+            ("slot", ct.c_uint16),
             ("fix_pos", ct.c_uint16 * MAX_FIX),
             ("fix_val", ct.c_uint16 * MAX_FIX),
             ("body", ct.c_uint8 * body_max),
@@ -138,6 +139,7 @@ class AnswerValue:
     body: bytes
     fixups: list[tuple[int, int]] = field(default_factory=list)  # (body offset, fix_val)
     deleg_len: int = 0
+    slot: int = 0  # hit counter index (0: none), see HotPath.hits
 
     def pack(self, body_max: int = BODY_MAX) -> bytes:
         if len(self.body) > body_max:
@@ -160,11 +162,23 @@ class AnswerValue:
             ones_sum(bytes(body)),
             len(self.fixups),
             self.deleg_len,
-            0,
+            self.slot,
             *fpos,
             *fval,
         )
         return head + bytes(body).ljust(body_max, b"\0")
+
+    @classmethod
+    def unpack(cls, data: bytes) -> AnswerValue:
+        """The inverse of :meth:`pack` (fix-up words stay zero in ``body``)."""
+        head = struct.unpack_from(f"=10H{MAX_FIX}H{MAX_FIX}H", data)
+        flags, copy_mask, an, ns, ar, blen, _csum, nfix, deleg_len, slot = head[:10]
+        fpos, fval = head[10 : 10 + MAX_FIX], head[10 + MAX_FIX :]
+        off = struct.calcsize(f"=10H{MAX_FIX}H{MAX_FIX}H")
+        fix = [(fpos[i], fval[i]) for i in range(nfix)]
+        return cls(
+            flags, copy_mask, an, ns, ar, bytes(data[off : off + blen]), fix, deleg_len, slot
+        )
 
     def render(self, query_header: bytes, question: bytes, cut: int = 0) -> bytes:
         """The DNS message the program sends for a query (Python model of hot_answer.c)."""

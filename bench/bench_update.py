@@ -1,0 +1,492 @@
+"""Benchmark: a primary under update, zoneslice next to BIND (ISC's "large zones under update").
+
+Usage (loopback, free ports; needs bind9, dnsperf)::
+
+    .venv/bin/python bench/bench_update.py [--delegations 100000] [--updates 10000]
+        [--senders 64] [--duration 8] [--rates 0,4,8,16,32,64,128,256]
+
+Both servers get the same .com-like zone (datasets.gen_zone) and the same
+`zoneslice updgen` stream (new delegations, NS and glue changes, DS adds and
+removals, deletions; generated with a window of 4 x senders so that messages
+in flight together touch different names and may be applied in any order):
+
+- zoneslice: `zoneslice serve` of the whole zone (split --parts 1) with
+  --tsig-keys (the writer process: PrimaryRole, group commit, WAL +
+  synchronous=FULL), ``--workers`` query workers;
+- BIND: Debian named, the unsliced zone as a dynamic primary zone,
+  allow-update with the same TSIG key, journal on, ``-n`` = the same workers.
+
+(a) time to apply ``--updates`` TSIG-signed (hmac-sha256) UPDATEs sent by
+``--senders`` concurrent UDP senders, each sending its next message when the
+previous one is answered: acknowledged updates/s and the ratio to BIND.
+
+(b) queries/s answered (dnsperf closed loop, ``--duration`` s per point, the
+mix of bench_engine: Zipf names, ~38 % NXDOMAIN; after one warm-up pass over
+the query file, so that zoneslice's answer cache is warm) while the primary takes
+UPDATEs at each rate of ``--rates``. When SecondaryRole exists
+(zoneslice/xfr/secondary.py, `serve --primary`) dnsperf asks a slice server
+that follows the primary by IXFR (the primary projects each commit onto the
+3-slice plan and NOTIFYs at most once per ``--notify-delay``); otherwise it
+asks the primary itself (the run says which). For BIND, dnsperf asks the
+updated named. Each rate is paired with a 0 upd/s run made just before it
+(``--unpaired`` to skip), and "vs 0" is the ratio to that run: on a shared
+machine the background load drifts more between points than the effect.
+
+Everything runs on this machine's loopback; server, senders and dnsperf share
+its CPUs, which the figures include. Results go to stdout and
+``<workdir>/update-results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import dns.name  # noqa: E402
+import dns.tsigkeyring  # noqa: E402
+
+from bench._common import build_slices, log  # noqa: E402
+from bench.bench_engine import write_queries  # noqa: E402
+from tests.bind import free_port, named  # noqa: E402
+from zoneslice.trace.replay import parse_dnsperf  # noqa: E402
+from zoneslice.updates.updgen import UpdateGenerator, read_zone, to_message  # noqa: E402
+
+SECRET = "YmVuY2gtdXBkYXRlLWJlbmNoLXVwZGF0ZS1iZW5jaC11cGQ="
+KEY = "bench-key."
+ADDR = "127.0.0.1"
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def sign(origin: dns.name.Name, messages: list[list[str]]) -> list[bytes]:
+    """TSIG-signed wires (hmac-sha256), signed now (fudge 300 s)."""
+    ring = dns.tsigkeyring.from_text({KEY: ("hmac-sha256", SECRET)})
+    out = []
+    for lines in messages:
+        u = to_message(origin, lines)
+        u.use_tsig(ring, KEY)
+        out.append(u.to_wire())
+    return out
+
+
+class Sender:
+    """UPDATE senders over UDP: a closed loop of ``concurrency`` senders, or a paced rate."""
+
+    def __init__(self, port: int, timeout: float = 3.0, retries: int = 2) -> None:
+        self.target = (ADDR, port)
+        self.timeout = timeout
+        self.retries = retries
+        self.rcodes: dict[int, int] = {}
+        self.lost = 0
+        self.latencies: list[float] = []
+
+    async def one(self, sock: socket.socket, wire: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        for _ in range(self.retries + 1):
+            await loop.sock_sendall(sock, wire)
+            try:
+                while True:
+                    async with asyncio.timeout(self.timeout):
+                        resp = await loop.sock_recv(sock, 65535)
+                    if resp[:2] == wire[:2]:
+                        break
+            except TimeoutError:
+                continue
+            rc = resp[3] & 0xF
+            self.rcodes[rc] = self.rcodes.get(rc, 0) + 1
+            self.latencies.append(time.monotonic() - t0)
+            return
+        self.lost += 1
+
+    def _socket(self) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        s.connect(self.target)
+        return s
+
+    async def closed_loop(self, wires: list[bytes], concurrency: int) -> float:
+        it = iter(wires)
+
+        async def worker() -> None:
+            with self._socket() as s:
+                for w in it:
+                    await self.one(s, w)
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.monotonic() - t0
+
+    async def paced(self, wires: list[bytes], rate: float, seconds: float) -> int:
+        """Send at ``rate``/s for ``seconds`` (at most len(wires)); returns how many were sent."""
+        if rate <= 0:
+            await asyncio.sleep(seconds)
+            return 0
+        socks = [self._socket() for _ in range(64)]
+        tasks = []
+        t0 = time.monotonic()
+        n = min(len(wires), int(rate * seconds))
+        try:
+            for i in range(n):
+                delay = t0 + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.ensure_future(self.one(socks[i % len(socks)], wires[i])))
+            left = t0 + seconds - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)
+            if tasks:
+                await asyncio.wait(tasks, timeout=self.timeout * (self.retries + 1) + 1)
+        finally:
+            for s in socks:
+                s.close()
+        return n
+
+
+def dnsperf(port: int, queries: Path, seconds: float, clients: int, outstanding: int,
+            passes: int | None = None) -> subprocess.Popen[str]:
+    cmd = ["dnsperf", "-s", ADDR, "-p", str(port), "-d", str(queries), "-l", str(seconds),
+           "-c", str(clients), "-q", str(outstanding), "-t", "2"]
+    if passes:
+        cmd += ["-n", str(passes)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its children so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        todo += [int(k) for k in kids]
+    return total / tick
+
+
+def wait_soa(port: int, timeout: float = 120.0) -> None:
+    import dns.message
+    import dns.query
+
+    q = dns.message.make_query("com.", "SOA")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if dns.query.udp(q, ADDR, port=port, timeout=0.5).rcode() == 0:
+                return
+        except (OSError, dns.exception.Timeout):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing answers on {ADDR}:{port}")
+        time.sleep(0.2)
+
+
+def soa_serial(port: int) -> int:
+    import dns.message
+    import dns.query
+
+    r = dns.query.udp(dns.message.make_query("com.", "SOA"), ADDR, port=port, timeout=2)
+    return r.answer[0][0].serial
+
+
+def secondary_available() -> bool:
+    try:
+        import zoneslice.xfr.secondary  # noqa: F401
+    except ImportError:
+        return False
+    help_text = subprocess.run([sys.executable, str(ROOT / "cli.py"), "serve", "--help"],
+                               capture_output=True, text=True, cwd=ROOT).stdout
+    return "--primary" in help_text and "--slice-plan" in help_text
+
+
+# ------------------------------------------------------------------ servers
+
+
+class Zoneslice:
+    label = "zoneslice"
+
+    def __init__(self, work: Path, slices_whole: Path, slices_n: Path | None, workers: int,
+                 notify_delay: float = 1.0) -> None:
+        self.notify_delay = notify_delay
+        self.work = work / "zoneslice"
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        self.db = self.work / "whole.db"
+        shutil.copyfile(slices_whole / "slice-0.db", self.db)
+        self.slices_n = slices_n
+        self.workers = workers
+        self.keys = self.work / "keys.conf"
+        self.keys.write_text(f'key "{KEY}" {{ algorithm hmac-sha256; secret "{SECRET}"; }};\n')
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.roles: dict[str, int] = {}
+        self.port = free_port()
+        self.query_port = self.port
+        self.describe = ""
+
+    def _serve(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, str(ROOT / "cli.py"), "serve", *args]
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=open(self.work / f"{name}.log", "wb"), start_new_session=True)
+        self.procs.append(p)
+        self.roles[name] = p.pid
+        return p
+
+    def start(self) -> None:
+        notify: list[str] = []
+        if self.slices_n is not None:
+            self.query_port = free_port()
+            notify = ["--notify", f"{ADDR}:{self.query_port}", "--axfr-allow", ADDR,
+                      "--slice-plan", str(self.slices_n / "manifest.json"),
+                      "--notify-delay", str(self.notify_delay)]
+        self._serve([str(self.db), "--listen", f"{ADDR}:{self.port}", "--workers",
+                     str(self.workers), "--tsig-keys", str(self.keys), "--stats",
+                     str(self.work / "stats"), *notify], "primary")
+        wait_soa(self.port)
+        self.describe = (f"zoneslice primary (whole zone, {self.workers} workers + writer, "
+                         "group commit, WAL synchronous=FULL)")
+        if self.slices_n is not None:
+            sdb = self.work / "slice-1.db"
+            shutil.copyfile(self.slices_n / "slice-1.db", sdb)
+            self._serve([str(sdb), "--listen", f"{ADDR}:{self.query_port}", "--workers",
+                         str(self.workers), "--primary", f"{ADDR}:{self.port}",
+                         "--primary-key", KEY, "--tsig-keys", str(self.keys)], "secondary")
+            wait_soa(self.query_port)
+            self.describe += (f"; queries to slice 1/{self.slices_n.name} secondary (IXFR, "
+                              f"notify-delay {self.notify_delay:g} s)")
+        else:
+            self.describe += "; queries to the primary itself (no SecondaryRole yet)"
+
+    def query_db(self) -> Path:
+        return self.work / "slice-1.db" if self.slices_n is not None else self.db
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+class Bind:
+    label = "bind"
+
+    def __init__(self, work: Path, zone: Path, workers: int) -> None:
+        self.work = work / "bind"
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.zone = zone
+        self.workers = workers
+        self.port = free_port()
+        self.query_port = self.port
+        self._cm: Any = None
+        self.roles: dict[str, int] = {}
+        self.describe = ""
+
+    def start(self) -> None:
+        self._cm = named(self.zone, "com.", self.work, ADDR, self.port, key_name=KEY.rstrip("."),
+                         secret=SECRET, workers=self.workers, timeout=600)
+        proc = self._cm.__enter__()
+        self.roles = {"named": proc.pid}
+        version = subprocess.run(["named", "-v"], capture_output=True, text=True).stdout.strip()
+        self.describe = f"{version}, whole zone, dynamic primary, journal, -n {self.workers}"
+
+    def stop(self) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+            self._cm = None
+
+
+# ------------------------------------------------------------------ runs
+
+
+def run_server(srv: Any, a: argparse.Namespace, origin: dns.name.Name, stream_a: list[list[str]],
+               stream_b: list[list[str]], queries: Path) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    srv.start()
+    try:
+        res["describe"] = srv.describe
+        log(f"{srv.label}: {srv.describe}")
+        serial0 = soa_serial(srv.port)
+        wires = sign(origin, stream_a)
+        sender = Sender(srv.port)
+        elapsed = asyncio.run(sender.closed_loop(wires, a.senders))
+        acked = sender.rcodes.get(0, 0)
+        lat = sorted(sender.latencies)
+        res["apply"] = {
+            "updates": len(wires), "seconds": round(elapsed, 3), "acked": acked,
+            "updates_per_s": round(acked / elapsed, 1), "rcodes": sender.rcodes,
+            "lost": sender.lost,
+            "latency_ms_p50": round(1000 * lat[len(lat) // 2], 2) if lat else None,
+            "latency_ms_p99": round(1000 * lat[int(len(lat) * 0.99)], 2) if lat else None,
+            "serial_steps": soa_serial(srv.port) - serial0,
+        }
+        log(f"{srv.label}: (a) {res['apply']}")
+        t = time.monotonic()
+        warm = dnsperf(srv.query_port, queries, 600, a.clients, a.outstanding, passes=1)
+        out, _ = warm.communicate(timeout=900)
+        log(f"{srv.label}: warm-up pass over the query file: {parse_dnsperf(out).get('qps', 0):,.0f} "
+            f"q/s, {time.monotonic() - t:.1f} s")
+        pos = 0
+
+        def point(rate: int) -> dict[str, Any]:
+            nonlocal pos
+            n = int(rate * a.duration)
+            wires_b = sign(origin, stream_b[pos : pos + n])
+            pos += n
+            cpu0 = {k: tree_cpu(pid) for k, pid in srv.roles.items()}
+            perf = dnsperf(srv.query_port, queries, a.duration, a.clients, a.outstanding)
+            upd = Sender(srv.port)
+            sent = asyncio.run(upd.paced(wires_b, rate, a.duration))
+            out, _ = perf.communicate(timeout=a.duration + 120)
+            cpu = {k: round(tree_cpu(pid) - cpu0[k], 2) for k, pid in srv.roles.items()}
+            st = parse_dnsperf(out)
+            if "qps" not in st:
+                raise RuntimeError(f"dnsperf failed: {out[-500:]}")
+            p = {"rate": rate, "qps": st["qps"], "sent_queries": st.get("sent"),
+                 "lost_queries": st.get("lost", 0), "updates_sent": sent,
+                 "updates_acked": upd.rcodes.get(0, 0),
+                 "updates_other": {k: v for k, v in upd.rcodes.items() if k},
+                 "updates_lost": upd.lost, "cpu_s": cpu}
+            log(f"{srv.label}: (b) {p}")
+            return p
+
+        res["under_update"] = []
+        for rate in a.rates:
+            base = point(0) if a.paired and rate else None
+            p = point(rate)
+            p["baseline_qps"] = base["qps"] if base else p["qps"] if not rate else None
+            res["under_update"].append(p)
+    finally:
+        srv.stop()
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", default="out/bench-update")
+    ap.add_argument("--delegations", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--updates", type=int, default=10_000)
+    ap.add_argument("--senders", type=int, default=64)
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per query-rate point")
+    ap.add_argument("--rates", default="0,4,8,16,32,64,128,256")
+    ap.add_argument("--workers", type=int, default=2, help="zoneslice workers / named -n")
+    ap.add_argument("--clients", type=int, default=8, help="dnsperf -c")
+    ap.add_argument("--outstanding", type=int, default=64, help="dnsperf -q")
+    ap.add_argument("--queries", type=int, default=100_000,
+                    help="dnsperf query file size (one warm-up pass over it before (b))")
+    ap.add_argument("--servers", default="zoneslice,bind")
+    ap.add_argument("--unpaired", dest="paired", action="store_false",
+                    help="measure each rate once (default: a 0 upd/s run right before each rate, "
+                         "the ratio is to that paired baseline, which cancels drifts of the "
+                         "machine's background load)")
+    ap.add_argument("--notify-delay", type=float, default=1.0,
+                    help="zoneslice primary's NOTIFY coalescing (BIND's notify-delay defaults to 5)")
+    ap.add_argument("--no-secondary", action="store_true",
+                    help="query the zoneslice primary even when SecondaryRole exists")
+    a = ap.parse_args(argv)
+    a.rates = [int(x) for x in a.rates.split(",")]
+    for tool in ("named", "dnsperf"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed (scripts/setup.sh installs it)", file=sys.stderr)
+            return 2
+    work = (ROOT / a.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    zone, whole = build_slices(work, a.delegations, a.seed, parts=1)
+    use_secondary = not a.no_secondary and secondary_available()
+    slices_n = build_slices(work, a.delegations, a.seed, parts=3)[1] if use_secondary else None
+    t = time.monotonic()
+    model = read_zone(zone)
+    gen = UpdateGenerator(model, a.seed)
+    need_b = sum(int(r * a.duration) for r in a.rates)
+    stream = list(gen.messages(a.updates + need_b, 1, window=4 * a.senders))
+    log(f"updgen: {len(stream)} messages in {time.monotonic() - t:.1f} s ({gen.counts})")
+    origin = model.origin
+    del model, gen
+    stream_a, stream_b = stream[: a.updates], stream[a.updates :]
+    query_db = (slices_n / "slice-1.db") if use_secondary else (whole / "slice-0.db")
+    qfile = work / f"queries-{query_db.parent.name}-{query_db.stem}.txt"
+    if not qfile.exists():
+        write_queries(query_db, qfile, a.queries, a.seed)
+    results: dict[str, Any] = {"params": {k: v for k, v in vars(a).items()},
+                               "queries_to_secondary": use_secondary, "servers": {}}
+    for name in [s.strip() for s in a.servers.split(",") if s.strip()]:
+        if name == "zoneslice":
+            srv: Any = Zoneslice(work, whole, slices_n, a.workers, a.notify_delay)
+        elif name == "bind":
+            srv = Bind(work, zone, a.workers)
+        else:
+            raise SystemExit(f"unknown server {name}")
+        results["servers"][name] = run_server(srv, a, origin, stream_a, stream_b, qfile)
+    (work / "update-results.json").write_text(json.dumps(results, indent=2))
+    report(results)
+    return 0
+
+
+def report(res: dict[str, Any]) -> None:
+    s = res["servers"]
+    p = res["params"]
+    print(f"\nzone: {p['delegations']:,} delegations; {p['updates']:,} updgen UPDATEs "
+          f"(TSIG hmac-sha256) from {p['senders']} concurrent UDP senders")
+    for name, r in s.items():
+        print(f"  {name}: {r['describe']}")
+    print("\n(a) time to apply the updates")
+    print(f"{'server':<10} {'seconds':>8} {'acked':>7} {'updates/s':>10} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'not NOERROR':>12} {'lost':>5}")
+    for name, r in s.items():
+        x = r["apply"]
+        other = sum(v for k, v in x["rcodes"].items() if int(k) != 0)
+        print(f"{name:<10} {x['seconds']:>8.2f} {x['acked']:>7} {x['updates_per_s']:>10,.0f} "
+              f"{x['latency_ms_p50']:>7} {x['latency_ms_p99']:>7} {other:>12} {x['lost']:>5}")
+    if "zoneslice" in s and "bind" in s:
+        ratio = s["zoneslice"]["apply"]["updates_per_s"] / max(s["bind"]["apply"]["updates_per_s"], 1e-9)
+        print(f"zoneslice / BIND: {ratio:.2f}x")
+    where = "a slice secondary" if res["queries_to_secondary"] else "the primary itself"
+    paired = p.get("paired", False)
+    print(f"\n(b) queries/s (dnsperf, {p['duration']:g} s per point; zoneslice answered by "
+          f"{where}) while the primary takes updates"
+          + ("; 'vs 0' = ratio to a 0 upd/s run made right before each point" if paired else ""))
+    names = list(s)
+    print(f"{'upd/s':>6} " + " ".join(f"{n + ' qps':>15} {'vs 0':>6}" for n in names)
+          + ("   zs/BIND" if len(names) == 2 else "") + "   server CPU-s per point")
+    for i, rate in enumerate(p["rates"]):
+        row = f"{rate:>6} "
+        qps = []
+        for n in names:
+            pt = s[n]["under_update"][i]
+            base = pt.get("baseline_qps") or s[n]["under_update"][0]["qps"]
+            qps.append(pt["qps"])
+            row += f"{pt['qps']:>15,.0f} {100 * pt['qps'] / max(base, 1e-9):>5.1f}% "
+        if len(qps) == 2:
+            row += f"  {qps[0] / max(qps[1], 1e-9):>7.2f}x"
+        row += "   " + "; ".join(
+            ", ".join(f"{k} {v}" for k, v in s[n]["under_update"][i]["cpu_s"].items()) for n in names
+        )
+        print(row)
+
+if __name__ == "__main__":
+    random.seed(0)
+    sys.exit(main())

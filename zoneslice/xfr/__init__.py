@@ -1,0 +1,1 @@
+"""Zone transfers: projection onto slices, IXFR/AXFR serving, NOTIFY, the secondary role."""

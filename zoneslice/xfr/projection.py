@@ -1,0 +1,703 @@
+"""Which records each slice of an N-part plan holds, computed from the whole zone.
+
+The primary keeps the whole zone (a ``split --parts 1`` database); every slice
+server holds one slice of an N-part plan. This module applies split's membership
+rules (:mod:`zoneslice.split`, build_slice) to the whole-zone rows, row by row,
+so that the same rules give both a slice's full content (:func:`slice_records`,
+for AXFR) and the effect of one commit on each slice (:class:`Projector`, for
+IXFR). A row of slice ``i`` gets the ``origin`` of the first split step that
+would have inserted it (split uses ``INSERT OR IGNORE``, so the first wins):
+
+1. owned: the apex and every name in the slice's range (NSEC3 chain aside);
+2. sibling glue: A/AAAA of NS/MX/SRV targets outside the range named by owned records;
+3. CNAME/DNAME targets owned elsewhere, label by label in split's order: the
+   target label's subtree, the NSEC before it, the glue its NS/MX/SRV name;
+4. the apex wildcard's subtree;
+5. RRSIGs of copied glue, and the NS RRsets of cuts above copied glue;
+6. the NSEC before the slice's range and before ``*.origin`` (NSEC zones);
+7. the whole NSEC3 chain (NSEC3 zones).
+
+The projection of a commit is computed inside the update's transaction: the
+rows the batch touched are put back as they were (undo), the membership of
+every name whose membership can change is read, the batch is redone and read
+again; the difference per slice goes to :func:`zoneslice.journal.append_slice`.
+NS/MX/SRV targets are indexed in table ``xfr_ref`` (kept in the same
+transactions) so that "which slices point at this glue" is one lookup.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import dns.name
+
+from zoneslice import journal
+from zoneslice.slicing import SlicePlan
+from zoneslice.store import models
+from zoneslice.store.keys import (
+    first_label_bounds,
+    key_labels,
+    label_prefix,
+    labels_key,
+    name_key,
+    subtree_end,
+)
+
+T_A, T_NS, T_CNAME, T_SOA, T_MX, T_AAAA, T_SRV, T_DNAME = 1, 2, 5, 6, 15, 28, 33, 39
+T_RRSIG, T_NSEC, T_NSEC3, T_NSEC3PARAM = 46, 47, 50, 51
+REF_TYPES = (T_NS, T_MX, T_SRV)
+REDIRECT_TYPES = (T_CNAME, T_DNAME)
+_TARGET_OFFSET = {T_NS: 0, T_CNAME: 0, T_DNAME: 0, T_MX: 2, T_SRV: 6}
+WILD = label_prefix(b"*") + b"\x00"
+WILD_END = subtree_end(WILD)
+CNAME_DEPTH = 8
+META_PLAN = "xfr_plan"
+META_REF_SERIAL = "xfr_ref_serial"
+
+OWNED = models.OWNED
+GLUE = models.COPY_GLUE
+NSEC = models.COPY_NSEC
+NSEC3 = models.COPY_NSEC3
+TARGET = models.COPY_TARGET
+
+Row = journal.Row
+Rec = tuple[int, int, bytes, int]
+"""(rdtype, covers, rdata, ttl) of a row at a known key."""
+
+_REF_DDL = (
+    "CREATE TABLE IF NOT EXISTS xfr_ref (tkey BLOB, rkey BLOB, rdtype INTEGER, rdata BLOB,"
+    " PRIMARY KEY (tkey, rkey, rdtype, rdata)) WITHOUT ROWID"
+)
+
+
+def target_key(rdtype: int, rdata: bytes, origin: dns.name.Name) -> bytes | None:
+    """Key of the in-zone name an NS/MX/SRV/CNAME/DNAME record points at (None: out of zone)."""
+    off = _TARGET_OFFSET.get(rdtype)
+    if off is None:
+        return None
+    return _wire_name_key(rdata[off:], origin)
+
+
+@functools.lru_cache(maxsize=65536)
+def _wire_name_key(wire: bytes, origin: dns.name.Name) -> bytes | None:
+    """``name_key`` of the uncompressed wire name at the start of ``wire`` (None: outside)."""
+    labels: list[bytes] = []
+    pos = 0
+    try:
+        while True:
+            ln = wire[pos]
+            if ln == 0:
+                break
+            if ln > 63:
+                return None
+            labels.append(wire[pos + 1 : pos + 1 + ln])
+            pos += ln + 1
+    except IndexError:
+        return None
+    depth = len(origin.labels) - 1
+    if len(labels) < depth:
+        return None
+    tail = labels[len(labels) - depth :] if depth else []
+    if [lb.lower() for lb in tail] != [lb.lower() for lb in origin.labels[:-1]]:
+        return None
+    return labels_key(labels[: len(labels) - depth][::-1])
+
+
+def covers_of(rdtype: int, rdata: bytes) -> int:
+    return int.from_bytes(rdata[:2], "big") if rdtype == T_RRSIG and len(rdata) >= 2 else 0
+
+
+def ancestors(key: bytes) -> list[bytes]:
+    """Proper ancestors of ``key`` below the apex (split's "cuts above" walk)."""
+    out = []
+    end = key.find(b"\x00")
+    while 0 <= end < len(key) - 1:
+        out.append(key[: end + 1])
+        end = key.find(b"\x00", end + 1)
+    return out
+
+
+def _is_nsec3_row(rdtype: int, covers: int) -> bool:
+    return rdtype == T_NSEC3 or (rdtype == T_RRSIG and covers == T_NSEC3)
+
+
+def _is_nsec_row(rdtype: int, covers: int) -> bool:
+    return rdtype == T_NSEC or (rdtype == T_RRSIG and covers == T_NSEC)
+
+
+def dnssec_mode(conn: sqlite3.Connection) -> str:
+    """"nsec3", "nsec" or "" from the apex, as split decides."""
+    types = {r[0] for r in conn.execute("SELECT rdtype FROM rr WHERE rkey = x''")}
+    return "nsec3" if T_NSEC3PARAM in types else "nsec" if T_NSEC in types else ""
+
+
+def nsec_before(conn: sqlite3.Connection, key: bytes) -> bytes | None:
+    row = conn.execute(
+        "SELECT rkey FROM rr WHERE rdtype = 47 AND rkey < ? ORDER BY rkey DESC LIMIT 1", (key,)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def zone_origin(conn: sqlite3.Connection) -> dns.name.Name:
+    return dns.name.from_text(
+        conn.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()[0]
+    )
+
+
+def _owned_sql(lo: bytes, hi: bytes | None) -> tuple[str, tuple]:
+    """WHERE clause (and arguments) of the rows a slice owns by key: the apex and its range."""
+    if hi is None:
+        return "(rkey = x'' OR rkey >= ?)", (lo,)
+    return "(rkey = x'' OR (rkey >= ? AND rkey < ?))", (lo, hi)
+
+
+class _State:
+    """Cached reads of the database in its current state (drop on every change)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._rows: dict[bytes, list[Rec]] = {}
+        self._refs: dict[bytes, list[bytes]] = {}
+        self._below: dict[bytes, list[bytes]] = {}
+        self.glue_memo: dict[int, dict[bytes, bool]] = {}
+
+    def rows(self, key: bytes) -> list[Rec]:
+        got = self._rows.get(key)
+        if got is None:
+            got = self._rows[key] = self.conn.execute(
+                "SELECT rdtype, covers, rdata, ttl FROM rr WHERE rkey = ?", (key,)
+            ).fetchall()
+        return got
+
+    def refs(self, tkey: bytes) -> list[bytes]:
+        """Owners of NS/MX/SRV records naming ``tkey`` (needs ``xfr_ref``)."""
+        got = self._refs.get(tkey)
+        if got is None:
+            got = self._refs[tkey] = [
+                r[0] for r in self.conn.execute("SELECT rkey FROM xfr_ref WHERE tkey = ?", (tkey,))
+            ]
+        return got
+
+    def addr_below(self, key: bytes) -> list[bytes]:
+        """Keys strictly below ``key`` holding A or AAAA records."""
+        got = self._below.get(key)
+        if got is None:
+            got = self._below[key] = [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT DISTINCT rkey FROM rr WHERE rkey > ? AND rkey < ? AND rdtype IN (1, 28)",
+                    (key, subtree_end(key)),
+                )
+            ]
+        return got
+
+
+@dataclass
+class _Event:
+    """One CNAME/DNAME target label copied into a slice (split's _copy_redirect_targets)."""
+
+    lab: bytes
+    end: bytes
+    nsec: bytes | None
+    glue: set[bytes]
+    keys: set[bytes] = field(default_factory=set)
+
+
+class SliceView:
+    """Membership rules of one slice, evaluated against the database's current state."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        plan: SlicePlan,
+        index: int,
+        mode: str,
+        state: _State,
+        *,
+        sibling: set[bytes] | None = None,
+    ) -> None:
+        self.index = index
+        self.mode = mode
+        self.state = state
+        self.origin = plan.origin
+        self.lo, self.hi = first_label_bounds(*plan.range_of(index))
+        self._sibling = sibling
+        self.events = self._redirect_events(conn)
+        self.nsec_keys: set[bytes] = set()
+        if mode == "nsec":
+            for k in (self.lo, WILD):
+                nk = nsec_before(conn, k)
+                if nk is not None:
+                    self.nsec_keys.add(nk)
+        self.event_glue: set[bytes] = set().union(*(e.glue for e in self.events))
+
+    def owned_sql(self) -> tuple[str, tuple]:
+        return _owned_sql(self.lo, self.hi)
+
+    def in_range(self, key: bytes) -> bool:
+        return key >= self.lo and (self.hi is None or key < self.hi)
+
+    def owned(self, key: bytes) -> bool:
+        return key == b"" or self.in_range(key)
+
+    def _redirect_events(self, conn: sqlite3.Connection) -> list[_Event]:
+        where, args = self.owned_sql()
+        frontier = [
+            target_key(t, rd, self.origin)
+            for t, rd in conn.execute(
+                f"SELECT rdtype, rdata FROM rr WHERE rdtype IN (5, 39) AND {where}", args
+            )
+        ]
+        seen: set[bytes] = set()
+        events: list[_Event] = []
+        for _ in range(CNAME_DEPTH):
+            labels = {
+                t[: t.find(b"\x00") + 1] for t in frontier if t and not self.in_range(t)
+            } - seen
+            if not labels:
+                break
+            seen |= labels
+            frontier = []
+            for lab in sorted(labels):
+                end = subtree_end(lab)
+                ev = _Event(lab, end, nsec_before(conn, lab), set())
+                for rkey, rdtype, rdata in conn.execute(
+                    "SELECT rkey, rdtype, rdata FROM rr WHERE rkey >= ? AND rkey < ?", (lab, end)
+                ):
+                    ev.keys.add(rkey)
+                    if rdtype in REDIRECT_TYPES:
+                        frontier.append(target_key(rdtype, rdata, self.origin))
+                    elif rdtype in REF_TYPES:
+                        t = target_key(rdtype, rdata, self.origin)
+                        if t is not None:
+                            ev.glue.add(t)
+                events.append(ev)
+        return events
+
+    def signature(self) -> tuple:
+        """What the non-local rules depend on (to see whether a commit changed them)."""
+        return (
+            self.mode,
+            tuple((e.lab, e.nsec, frozenset(e.glue), frozenset(e.keys)) for e in self.events),
+            frozenset(self.nsec_keys),
+        )
+
+    def related_keys(self) -> set[bytes]:
+        """Every key whose membership the non-local rules decide."""
+        keys = set(self.nsec_keys)
+        for e in self.events:
+            keys |= e.keys | e.glue
+            if e.nsec is not None:
+                keys.add(e.nsec)
+        return keys
+
+    # -- the rules, row by row
+
+    def sibling(self, key: bytes) -> bool:
+        if self.in_range(key):
+            return False
+        if self._sibling is not None:
+            return key in self._sibling
+        return any(self.owned(o) for o in self.state.refs(key))
+
+    def _copied(self, key: bytes, is_addr: bool, is_nsec: bool) -> int | None:
+        """Steps 2-4 for a row outside the slice's own data."""
+        if is_addr and self.sibling(key):
+            return GLUE
+        for e in self.events:
+            if e.lab <= key < e.end:
+                return TARGET
+            if is_nsec and key == e.nsec:
+                return NSEC
+            if is_addr and key in e.glue:
+                return GLUE
+        if WILD <= key < WILD_END:
+            return TARGET
+        return None
+
+    def glue_at(self, key: bytes) -> bool:
+        """Whether the slice holds address records at ``key`` as glue (step 5's input)."""
+        memo = self.state.glue_memo.setdefault(self.index, {})
+        got = memo.get(key)
+        if got is None:
+            got = memo[key] = (
+                not self.owned(key)
+                and any(r[0] in (T_A, T_AAAA) for r in self.state.rows(key))
+                and self._copied(key, True, False) == GLUE
+            )
+        return got
+
+    def origin_of(self, key: bytes, rdtype: int, covers: int) -> int | None:
+        """Why slice holds this row (a models origin), or None when it does not."""
+        nsec3_row = _is_nsec3_row(rdtype, covers)
+        if not nsec3_row and self.owned(key):
+            return OWNED
+        is_nsec = _is_nsec_row(rdtype, covers)
+        got = self._copied(key, rdtype in (T_A, T_AAAA), is_nsec)
+        if got is not None:
+            return got
+        if rdtype == T_RRSIG and covers in (T_A, T_AAAA) and self.glue_at(key):
+            return GLUE
+        if rdtype == T_NS and key and any(self.glue_at(k) for k in self.state.addr_below(key)):
+            return GLUE
+        if self.mode == "nsec" and is_nsec and key in self.nsec_keys:
+            return NSEC
+        if self.mode == "nsec3" and nsec3_row:
+            return NSEC3
+        return None
+
+    def rows_at(self, key: bytes) -> list[Row]:
+        out = []
+        for rdtype, covers, rdata, ttl in self.state.rows(key):
+            o = self.origin_of(key, rdtype, covers)
+            if o is not None:
+                out.append((key, rdtype, covers, rdata, ttl, o))
+        return out
+
+
+def slice_records(conn: sqlite3.Connection, plan: SlicePlan, index: int) -> list[Row]:
+    """Every row slice ``index`` of ``plan`` holds, from the whole-zone database ``conn``,
+    sorted as the slice table is (rkey, rdtype, covers, rdata)."""
+    mode = dnssec_mode(conn)
+    state = _State(conn)
+    lo, hi = first_label_bounds(*plan.range_of(index))
+    where, args = _owned_sql(lo, hi)
+    origin = plan.origin
+    sibling: set[bytes] = set()
+    for rdtype, rdata in conn.execute(
+        f"SELECT rdtype, rdata FROM rr WHERE rdtype IN (2, 15, 33) AND {where}", args
+    ):
+        t = target_key(rdtype, rdata, origin)
+        if t is not None and not (t >= lo and (hi is None or t < hi)):
+            sibling.add(t)
+    view = SliceView(conn, plan, index, mode, state, sibling=sibling)
+    out: list[Row] = []
+    candidates: set[bytes] = set()
+    for rkey, rdtype, covers, rdata, ttl in conn.execute(
+        f"SELECT rkey, rdtype, covers, rdata, ttl FROM rr WHERE {where}", args
+    ):
+        if _is_nsec3_row(rdtype, covers):
+            candidates.add(rkey)
+        else:
+            out.append((rkey, rdtype, covers, rdata, ttl, OWNED))
+    glue_keys = sibling | view.event_glue
+    candidates |= glue_keys | view.related_keys()
+    for k in glue_keys:
+        candidates.update(ancestors(k))
+    candidates.update(
+        r[0] for r in conn.execute("SELECT DISTINCT rkey FROM rr WHERE rkey >= ? AND rkey < ?",
+                                   (WILD, WILD_END))  # fmt: skip
+    )
+    if mode == "nsec3":
+        candidates.update(
+            r[0] for r in conn.execute(
+                "SELECT DISTINCT rkey FROM rr WHERE rdtype = 50 OR (rdtype = 46 AND covers = 50)"
+            )
+        )  # fmt: skip
+    for key in candidates:
+        if view.owned(key):
+            out += [r for r in view.rows_at(key) if r[5] != OWNED]
+        else:
+            out += view.rows_at(key)
+    out.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
+    return out
+
+
+# ---------------------------------------------------------------- incremental
+
+
+def plan_text(plan: SlicePlan) -> str:
+    return json.dumps({"origin": plan.origin.to_text(), "bounds": plan.bounds_text()})
+
+
+def plan_from_text(text: str) -> SlicePlan:
+    d = json.loads(text)
+    return SlicePlan.from_bounds_text(d["origin"], d["bounds"])
+
+
+def stored_plan(conn: sqlite3.Connection) -> SlicePlan | None:
+    """The plan a primary database projects for (None: no projection)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (META_PLAN,)).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return plan_from_text(row[0]) if row else None
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def rebuild_refs(conn: sqlite3.Connection, origin: dns.name.Name) -> None:
+    conn.execute(_REF_DDL)
+    conn.execute("DELETE FROM xfr_ref")
+    rows = []
+    for rkey, rdtype, rdata in conn.execute(
+        "SELECT rkey, rdtype, rdata FROM rr WHERE rdtype IN (2, 15, 33)"
+    ):
+        t = target_key(rdtype, rdata, origin)
+        if t is not None:
+            rows.append((t, rkey, rdtype, rdata))
+    conn.executemany("INSERT OR IGNORE INTO xfr_ref VALUES (?, ?, ?, ?)", rows)
+
+
+class Projector:
+    """Projects each commit of the whole zone onto every slice of ``plan``.
+
+    ``install(conn)`` once (records the plan in meta, where the transfer code
+    finds it; resets the slice journal when the plan changed), then pass
+    ``in_transaction`` as :class:`~zoneslice.updates.queue.UpdateQueue`'s hook. Every
+    256 batches the slice journal is trimmed to the newest ``keep`` entries per slice
+    (older slice servers then get AXFR form).
+    """
+
+    def __init__(self, plan: SlicePlan, *, keep: int = 10_000) -> None:
+        self.plan = plan
+        self.keep = keep
+        self.counters = {"batches": 0, "resets": 0, "rows": 0}
+        self._views: dict[int, SliceView] | None = None
+
+    def install(self, conn: sqlite3.Connection) -> None:
+        """Record the plan and build the target index (own transaction unless one is open)."""
+        own = not conn.in_transaction
+        if own:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            journal.ensure_table(conn)
+            journal.ensure_slice_table(conn)
+            conn.execute(_REF_DDL)
+            origin = zone_origin(conn)
+            if origin != self.plan.origin:
+                raise ValueError(f"plan is for {self.plan.origin}, the database holds {origin}")
+            text = plan_text(self.plan)
+            if _meta(conn, META_PLAN) != text:
+                journal.clear_slices(conn)
+                _set_meta(conn, META_PLAN, text)
+            serial = _meta(conn, "serial")
+            if _meta(conn, META_REF_SERIAL) != serial:
+                rebuild_refs(conn, origin)
+                _set_meta(conn, META_REF_SERIAL, serial or "")
+            if own:
+                conn.execute("COMMIT")
+        except BaseException:
+            if own:
+                conn.execute("ROLLBACK")
+            raise
+        self._views = None
+
+    # -- the hook
+
+    def in_transaction(self, conn: sqlite3.Connection, changesets: list[journal.Changeset]) -> None:
+        """Append one slice_journal entry per slice for this batch (inside its transaction)."""
+        if not changesets:
+            return
+        conn.execute(_REF_DDL)
+        journal.ensure_slice_table(conn)
+        refs_ok = _meta(conn, META_REF_SERIAL) == str(changesets[0].serial_from)
+        soa_from, soa_to = changesets[0].soa_from, changesets[-1].soa_to
+        self._undo(conn, changesets)
+        if not refs_ok:  # the database changed behind our back: rebuild what we keep
+            rebuild_refs(conn, self.plan.origin)
+            self._views = None
+        keys, special = self._touched(changesets)
+        views = self._views
+        if views is not None and not special:
+            special = any(
+                e.lab <= k < e.end for v in views.values() for e in v.events for k in keys
+            )
+        extra: dict[int, set[bytes]] = {}
+        if special or views is None:
+            before_views = self._make_views(conn)
+            self._redo(conn, changesets)
+            after_views = self._make_views(conn)
+            modes = {v.mode for v in before_views.values()} | {v.mode for v in after_views.values()}
+            if len(modes) > 1:
+                self._reset_all(conn, soa_from, soa_to, changesets)
+                self._views = None
+                return
+            for i, b in before_views.items():
+                a = after_views[i]
+                if a.signature() != b.signature():
+                    extra[i] = b.related_keys() | a.related_keys()
+            self._undo(conn, changesets)
+        else:
+            before_views = after_views = views
+        _fresh(before_views, conn)
+        before = self._members(before_views, keys, extra)
+        self._redo(conn, changesets)
+        _fresh(after_views, conn)
+        after = self._members(after_views, keys, extra)
+        self._views = None if special else after_views
+        for i in range(self.plan.parts):
+            b, a = before[i], after[i]
+            deleted = sorted(b - a)
+            added = sorted(a - b)
+            self.counters["rows"] += len(deleted) + len(added)
+            journal.append_slice(conn, journal.SliceChangeset(i, soa_from, soa_to, deleted, added))
+        _set_meta(conn, META_REF_SERIAL, str(changesets[-1].serial_to))
+        self.counters["batches"] += 1
+        if self.counters["batches"] % 256 == 0:
+            journal.trim_slices(conn, self.keep)
+
+    def _reset_all(
+        self,
+        conn: sqlite3.Connection,
+        soa_from: bytes,
+        soa_to: bytes,
+        changesets: list[journal.Changeset],
+    ) -> None:
+        for i in range(self.plan.parts):
+            journal.append_slice(conn, journal.SliceChangeset(i, soa_from, soa_to, reset=True))
+        _set_meta(conn, META_REF_SERIAL, str(changesets[-1].serial_to))
+        self.counters["resets"] += 1
+
+    def _make_views(self, conn: sqlite3.Connection) -> dict[int, SliceView]:
+        state = _State(conn)
+        mode = dnssec_mode(conn)
+        return {i: SliceView(conn, self.plan, i, mode, state) for i in range(self.plan.parts)}
+
+    def _members(
+        self, views: dict[int, SliceView], keys: set[bytes], extra: dict[int, set[bytes]]
+    ) -> dict[int, set[Row]]:
+        out: dict[int, set[Row]] = {}
+        cands: dict[bytes, set[int] | None] = {}
+        for i, v in views.items():
+            ks = keys | extra.get(i, set())
+            if i in extra:
+                ks |= {a for k in extra[i] for a in ancestors(k)}
+            rows: set[Row] = set()
+            for k in ks:
+                if k not in cands:
+                    cands[k] = self._candidates(views, k)
+                c = cands[k]
+                if c is not None and i not in c:
+                    continue
+                rows.update(r for r in v.rows_at(k) if not (r[0] == b"" and r[1] == T_SOA))
+            out[i] = rows
+        return out
+
+    def _slice_of(self, key: bytes) -> int:
+        return self.plan.slice_for_label(key_labels(key[: key.find(b"\x00") + 1])[0])
+
+    def _candidates(self, views: dict[int, SliceView], key: bytes) -> set[int] | None:
+        """The slices that can hold rows at ``key`` (None: maybe any). A slice not owning
+        the key holds rows there only as glue of its own references (A/AAAA, their
+        RRSIGs, the NS of cuts above such glue), through a redirect or the apex wildcard,
+        or as NSEC/NSEC3 copies: everything but the references goes to "any"."""
+        v0 = next(iter(views.values()))
+        if key == b"" or WILD <= key < WILD_END or any(v.events for v in views.values()):
+            return None
+        state = v0.state
+        rows = state.rows(key)
+        if v0.mode and any(_is_nsec_row(t, c) or _is_nsec3_row(t, c) for t, c, _, _ in rows):
+            return None
+        out = {self._slice_of(key)}
+        refd = [key]
+        if any(r[0] == T_NS for r in rows):
+            refd += state.addr_below(key)
+        for k in refd:
+            for o in state.refs(k):
+                if o == b"":
+                    return None
+                out.add(self._slice_of(o))
+        return out
+
+    def _touched(self, changesets: list[journal.Changeset]) -> tuple[set[bytes], bool]:
+        """Keys whose membership a batch may change, and whether non-local rules may move."""
+        origin = self.plan.origin
+        keys: set[bytes] = set()
+        special = False
+        for cs in changesets:
+            for name, rdtype, _ttl, rdata in cs.deleted + cs.added:
+                k = name_key(name, origin)
+                keys.add(k)
+                if rdtype in REF_TYPES:
+                    t = target_key(rdtype, rdata, origin)
+                    if t is not None:
+                        keys.add(t)
+                if rdtype in REDIRECT_TYPES or rdtype == T_NSEC or (
+                    k == b"" and rdtype == T_NSEC3PARAM
+                ):
+                    special = True
+        keys |= {a for k in list(keys) for a in ancestors(k)}
+        return keys, special
+
+    # -- moving the database between the states before and after the batch
+
+    def _apply(
+        self,
+        conn: sqlite3.Connection,
+        gone: Iterable[journal.RR],
+        come: Iterable[journal.RR],
+        refs: bool,
+    ) -> None:
+        origin = self.plan.origin
+        for name, rdtype, _ttl, rdata in gone:
+            k = name_key(name, origin)
+            covers = covers_of(rdtype, rdata)
+            conn.execute(
+                "DELETE FROM rr WHERE rkey = ? AND rdtype = ? AND covers = ? AND rdata = ?",
+                (k, rdtype, covers, rdata),
+            )
+            if refs and rdtype in REF_TYPES:
+                t = target_key(rdtype, rdata, origin)
+                if t is not None:
+                    conn.execute(
+                        "DELETE FROM xfr_ref WHERE tkey = ? AND rkey = ? AND rdtype = ? AND rdata = ?",
+                        (t, k, rdtype, rdata),
+                    )
+        for name, rdtype, ttl, rdata in come:
+            k = name_key(name, origin)
+            conn.execute(
+                "INSERT OR REPLACE INTO rr (rkey, rdtype, covers, rdata, ttl, origin)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (k, rdtype, covers_of(rdtype, rdata), rdata, ttl, OWNED),
+            )
+            if refs and rdtype in REF_TYPES:
+                t = target_key(rdtype, rdata, origin)
+                if t is not None:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO xfr_ref VALUES (?, ?, ?, ?)", (t, k, rdtype, rdata)
+                    )
+
+    def _undo(self, conn: sqlite3.Connection, changesets: list[journal.Changeset]) -> None:
+        """Back to the state before the batch; idempotent on ``xfr_ref``, which may
+        already be there (the update itself does not maintain it)."""
+        for cs in reversed(changesets):
+            self._apply(conn, cs.added, cs.deleted, True)
+
+    def _redo(self, conn: sqlite3.Connection, changesets: list[journal.Changeset]) -> None:
+        for cs in changesets:
+            self._apply(conn, cs.deleted, cs.added, True)
+
+
+def _fresh(views: dict[int, SliceView], conn: sqlite3.Connection) -> None:
+    """Point the views at a fresh read cache (the database just changed)."""
+    state = _State(conn)
+    for v in views.values():
+        v.state = state
+
+
+def apply_slice_changes(
+    conn: sqlite3.Connection, changes: Iterable[journal.SliceChangeset]
+) -> None:
+    """Apply projected entries to a slice database (inside the caller's transaction);
+    the apex SOA keeps its TTL and takes each entry's new rdata."""
+    for cs in changes:
+        for rkey, rdtype, covers, rdata, _ttl, _o in cs.deleted:
+            conn.execute(
+                "DELETE FROM rr WHERE rkey = ? AND rdtype = ? AND covers = ? AND rdata = ?",
+                (rkey, rdtype, covers, rdata),
+            )
+        conn.executemany("INSERT OR REPLACE INTO rr VALUES (?, ?, ?, ?, ?, ?)", cs.added)
+        conn.execute("UPDATE rr SET rdata = ? WHERE rkey = x'' AND rdtype = 6", (cs.soa_to,))
+        _set_meta(conn, "serial", str(cs.serial_to))
