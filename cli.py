@@ -648,6 +648,20 @@ def _cmd_demo(args: argparse.Namespace, env: Environment) -> int:
             f"{tb['deploy_seconds']} s, {tb['health_checks']} health checks passed"
         )
         env.console.print(_replay_table(tb["replay"], "Replay through the testbed layout"))
+        up = tb["updates"]
+        ops = ", ".join(f"{k} {v:,}" for k, v in sorted(up["operations"].items()) if v)
+        env.console.print(
+            f"updates: {up['messages']:,} TSIG-signed UPDATEs by nsupdate during the replay "
+            f"({ops}) in {up['seconds']} s; all {tb['servers']} slice servers at serial "
+            f"{up['serial']} {up['converged_after']} s after the last one (IXFR)"
+        )
+        x = tb["xdp"]
+        answered = x.get("answered_exact", 0) + x.get("answered_deleg", 0)
+        passed = sum(v for k, v in x.items() if k.startswith("pass_"))
+        env.console.print(
+            f"XDP on the slice servers: {answered:,} answered from the driver hook "
+            f"({x.get('answered_deleg', 0):,} by delegation entries), {passed:,} passed up"
+        )
         lost += tb["replay"].lost
     env.console.print(f"everything is in {report.directory}")
     return ExitStatus.OK if lost == 0 else ExitStatus.ERROR

@@ -72,8 +72,15 @@ def start_slice_servers(
         for s in manifest.slices:
             port = _free_port()
             cmd = exe + [
-                "serve", "--manifest", str(manifest_path), "--slice", str(s.index),
-                "--listen", f"{addr}:{port}", "--workers", str(workers),
+                "serve",
+                "--manifest",
+                str(manifest_path),
+                "--slice",
+                str(s.index),
+                "--listen",
+                f"{addr}:{port}",
+                "--workers",
+                str(workers),
             ]
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             procs.append(proc)
@@ -148,7 +155,9 @@ def run_demo(
     say(f"generating an F-root-like trace of {queries:,} queries")
     trace = out / "trace.pcap"
     names = names_from_zone(zonefile, manifest.plan.origin)
-    tsum = generate(trace, names, manifest.origin, TraceParams(queries=queries, seed=seed, duration=300.0))
+    tsum = generate(
+        trace, names, manifest.origin, TraceParams(queries=queries, seed=seed, duration=300.0)
+    )
     char = characterize(trace, plan=manifest.plan)
     seconds["trace"] = time.monotonic() - t
 
@@ -195,8 +204,14 @@ def _testbed_stage(
     parts: int,
     say: StageFn,
     seconds: dict[str, float],
+    updates: int = 1000,
 ) -> dict[str, Any]:
-    """testbed up -> Ansible deploy -> health check -> replay through the layout -> down."""
+    """testbed up -> Ansible deploy -> health check -> replay through the layout while the
+    primary takes ``updates`` UPDATEs from nsupdate -> every slice server at the new serial
+    -> down.
+
+    The slice servers are IXFR secondaries of the primary and answer their hot set from XDP.
+    """
     from zoneslice.errors import DeployError
     from zoneslice.manifest import load_manifest
     from zoneslice.split import split_zone
@@ -204,6 +219,7 @@ def _testbed_stage(
     from zoneslice.testbed.deploy import deploy
     from zoneslice.testbed.health import check_health
     from zoneslice.trace.replay import replay
+    from zoneslice.updates.updgen import write_stream
 
     whole = split_zone(zonefile, 1, out / "com.whole").manifest_path
     workdir = out / "testbed"
@@ -211,23 +227,45 @@ def _testbed_stage(
     t = time.monotonic()
     say(f"building the local testbed: {servers} servers in network namespaces with sshd")
     try:
-        tb = local.testbed_up(servers, parts, workdir, manifest=manifest_path, whole_manifest=whole)
+        tb = local.testbed_up(
+            servers, parts, workdir, manifest=manifest_path, whole_manifest=whole,
+            secondaries=True, xdp=True,
+        )  # fmt: skip
         seconds["testbed_up"] = time.monotonic() - t
-        say("deploying with Ansible (ansible-runner over SSH)")
+        say("deploying with Ansible (ansible-runner over SSH): primary, IXFR secondaries, XDP")
         result = deploy(tb.inventory_path)
         seconds["deploy"] = result.seconds
         if not result.ok:
             raise DeployError(f"deploy failed: {result.failure} (log: {result.log_path})")
-        say("health check: every slice server answers its SOA and refuses other slices")
+        say("health check: SOA and slice ranges everywhere, a TSIG UPDATE reaching every slice")
         health = check_health(tb.inventory_path)
         if not health.ok:
             raise DeployError(f"health check failed: {health.failures[:3]}")
-        say("replaying the trace through the layout (one server per slice)")
+        primary = (tb.layout.host(tb.layout.primary).address, 53)
+        stream, ops = write_stream(
+            zonefile, out / "updates.nsupdate", updates, seed=7, server=primary
+        )
+        say(f"replaying the trace through the layout while nsupdate sends {updates:,} UPDATEs")
         plan = load_manifest(manifest_path).plan
         targets = {g.index: (tb.layout.host(g.servers[0]).address, 53) for g in tb.layout.slices}
         t = time.monotonic()
-        rep = replay(trace, plan, targets, mode="closed-loop", outstanding=20, timeout=2.0, limit=20000)
+        sender = subprocess.Popen(
+            ["nsupdate", "-k", str(workdir / local.TSIG_KEY), str(stream)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        rep = replay(
+            trace, plan, targets, mode="closed-loop", outstanding=20, timeout=2.0, limit=20000
+        )
         seconds["testbed_replay"] = time.monotonic() - t
+        output, _ = sender.communicate(timeout=600)
+        update_seconds = time.monotonic() - t
+        if sender.returncode != 0:
+            raise DeployError(f"nsupdate failed ({sender.returncode}): {output.strip()[-500:]}")
+        say("waiting for every slice server to reach the primary's serial")
+        serial, lag = _converged(
+            primary, [(h.address, 53) for h in tb.layout.slice_servers], plan.origin
+        )
+        xdp = _xdp_counters(workdir, [h.name for h in tb.layout.slice_servers])
     finally:
         say("taking the testbed down")
         local.testbed_down(workdir)
@@ -238,4 +276,65 @@ def _testbed_stage(
         "health_checks": len(health.checks),
         "targets": {i: f"{a}:{p}" for i, (a, p) in targets.items()},
         "replay": rep,
+        "updates": {
+            "messages": updates,
+            "operations": ops,
+            "seconds": round(update_seconds, 1),
+            "serial": serial,
+            "converged_after": round(lag, 2),
+        },
+        "xdp": xdp,
     }
+
+
+def _xdp_counters(workdir: Path, hosts: list[str]) -> dict[str, int]:
+    """The XDP program's counters summed over the slice servers (their ``xdp.json``)."""
+    import json
+
+    total: dict[str, int] = {}
+    for name in hosts:
+        path = workdir / "hosts" / name / "run" / "stats" / "xdp.json"
+        try:
+            counters = json.loads(path.read_text())["counters"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for k, v in counters.items():
+            total[k] = total.get(k, 0) + int(v)
+    return total
+
+
+def _converged(
+    primary: tuple[str, int], servers: list[tuple[str, int]], origin: Any, timeout: float = 60.0
+) -> tuple[int, float]:
+    """The primary's serial and how long until every server answered it (error after ``timeout``)."""
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    from zoneslice.errors import DeployError
+
+    def serial(where: tuple[str, int]) -> int | None:
+        q = dns.message.make_query(origin, dns.rdatatype.SOA)
+        try:
+            r = dns.query.udp(q, where[0], port=where[1], timeout=1.0)
+        except Exception:  # noqa: BLE001 - a timeout or a bad answer: not there yet
+            return None
+        soa = [rr for rrset in r.answer if rrset.rdtype == dns.rdatatype.SOA for rr in rrset]
+        return soa[0].serial if soa else None
+
+    want = serial(primary)
+    if want is None:
+        raise DeployError(f"the primary {primary[0]} does not answer its SOA")
+    t0 = time.monotonic()
+    behind = list(servers)
+    while behind:
+        behind = [w for w in behind if serial(w) != want]
+        if not behind:
+            break
+        if time.monotonic() - t0 > timeout:
+            raise DeployError(
+                f"slice servers {', '.join(a for a, _ in behind)} not at serial {want} "
+                f"{timeout:.0f} s after the last update"
+            )
+        time.sleep(0.2)
+    return want, time.monotonic() - t0

@@ -9,6 +9,7 @@ Needs root, iproute2 and openssh-server; fails instead of skipping when CI is se
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 import time
@@ -160,6 +161,13 @@ def test_up_deploy_health_redeploy_down(tmp_path, zone):
         assert r.answered == r.sent and r.lost == 0
         assert {x.slice: x.sent for x in r.slices} == dict(routed)
         assert "REFUSED" not in r.rcodes and r.rcodes["NXDOMAIN"] > 0
+        time.sleep(0.6)
+        from_xdp = 0
+        for host in {servers[i][0] for i in servers}:
+            name = next(h.name for h in tb.layout.slice_servers if h.address == host)
+            xdp = json.loads((wd / "hosts" / name / "run" / "stats" / "xdp.json").read_text())
+            from_xdp += xdp["counters"]["answered_exact"] + xdp["counters"]["answered_deleg"]
+        assert from_xdp > 0, "no replayed query was answered from XDP"
 
         second = deploy(tb.inventory_path)
         timings["deploy 2"] = second.seconds
