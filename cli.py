@@ -657,10 +657,10 @@ def _cmd_demo(args: argparse.Namespace, env: Environment) -> int:
         )
         x = tb["xdp"]
         answered = x.get("answered_exact", 0) + x.get("answered_deleg", 0)
-        passed = sum(v for k, v in x.items() if k.startswith("pass_"))
+        passed = sum(v for k, v in x.items() if k.startswith("pass_") and k != "pass_not_dns")
         env.console.print(
             f"XDP on the slice servers: {answered:,} answered from the driver hook "
-            f"({x.get('answered_deleg', 0):,} by delegation entries), {passed:,} passed up"
+            f"({x.get('answered_deleg', 0):,} by delegation entries), {passed:,} DNS queries passed up"
         )
         lost += tb["replay"].lost
     env.console.print(f"everything is in {report.directory}")

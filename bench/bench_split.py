@@ -3,7 +3,10 @@
 Generates a .com-like zone of about --records records (default 5 M), then times
 `named-checkzone -i local` (BIND's loader, Debian bind9-utils) and
 `zoneslice split --parts N` on it, each as a separate process, and prints
-records/s, peak RSS and the ratio. Run on an otherwise idle machine:
+records/s, peak RSS and the ratio. named-checkzone loads on one core, split uses
+all of them, so a busy machine lowers the ratio: the 1-minute load average before
+each run and the CPU seconds (user + system) of each are printed too. Run on an
+otherwise idle machine:
 
     .venv/bin/python bench/bench_split.py [--records 5000000] [--parts 3]
 """
@@ -23,8 +26,10 @@ from pathlib import Path
 RECORDS_PER_DELEGATION = 3.25  # measured on datasets.gen_zone output
 
 
-def timed(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MiB (of the process and its children), stdout."""
+def timed(cmd: list[str]) -> tuple[float, float, float, float, str]:
+    """Wall seconds, CPU seconds and peak RSS in MiB (of the process and its children),
+    the load average before the run, stdout."""
+    load = os.getloadavg()[0]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = proc.stdout.read()
@@ -33,7 +38,8 @@ def timed(cmd: list[str]) -> tuple[float, float, str]:
     seconds = time.monotonic() - start
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{cmd[0]} failed: {err.decode(errors='replace')[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024, out.decode(errors="replace")
+    cpu = usage.ru_utime + usage.ru_stime
+    return seconds, cpu, usage.ru_maxrss / 1024, load, out.decode(errors="replace")
 
 
 def main() -> int:
@@ -56,8 +62,8 @@ def main() -> int:
         )
         records = json.loads(gen.stdout)["records"]
         size = zone.stat().st_size
-        bind_s, bind_rss, _ = timed(["named-checkzone", "-i", "local", "-q", "com", str(zone)])
-        zs_s, zs_rss, out = timed(
+        bind_s, bind_cpu, bind_rss, bind_load, _ = timed(["named-checkzone", "-i", "local", "-q", "com", str(zone)])
+        zs_s, zs_cpu, zs_rss, zs_load, out = timed(
             [str(venv_bin / "zoneslice"), "split", str(zone), "--parts", str(args.parts),
              "--out", str(work / "slices"), "--json"]
         )
@@ -69,9 +75,11 @@ def main() -> int:
             "records": records,
             "zone_bytes": size,
             "named_checkzone": {"seconds": round(bind_s, 2), "records_per_s": round(records / bind_s),
-                                "peak_rss_mib": round(bind_rss)},
+                                "cpu_seconds": round(bind_cpu, 2), "peak_rss_mib": round(bind_rss),
+                                "load_before": bind_load},
             "zoneslice_split": {"seconds": round(zs_s, 2), "records_per_s": round(records / zs_s),
-                                "peak_rss_mib": round(zs_rss), "parts": args.parts,
+                                "cpu_seconds": round(zs_cpu, 2), "peak_rss_mib": round(zs_rss),
+                                "load_before": zs_load, "parts": args.parts,
                                 "max_imbalance_pct": round(100 * max(abs(s - mean) for s in sizes) / mean, 2)},
             "ratio_split_over_checkzone": round(bind_s / zs_s, 3),
         }
@@ -84,9 +92,10 @@ def main() -> int:
         b, z = result["named_checkzone"], result["zoneslice_split"]
         print(f"zone: {records:,} records, {size / 2**20:,.0f} MiB ({result['machine']})")
         print(f"named-checkzone -i local : {b['seconds']:8.2f} s  {b['records_per_s']:>10,} rec/s  "
-              f"peak RSS {b['peak_rss_mib']:,} MiB")
+              f"cpu {b['cpu_seconds']:.1f} s  peak RSS {b['peak_rss_mib']:,} MiB  load {b['load_before']:.2f}")
         print(f"zoneslice split --parts {args.parts}: {z['seconds']:8.2f} s  {z['records_per_s']:>10,} rec/s  "
-              f"peak RSS {z['peak_rss_mib']:,} MiB  (slices within ±{z['max_imbalance_pct']} %)")
+              f"cpu {z['cpu_seconds']:.1f} s  peak RSS {z['peak_rss_mib']:,} MiB  load {z['load_before']:.2f}"
+              f"  (slices within ±{z['max_imbalance_pct']} %)")
         print(f"ratio (split rec/s ÷ named-checkzone rec/s): {result['ratio_split_over_checkzone']:.2f}")
     return 0
 

@@ -1,28 +1,36 @@
 """split: a master file -> N slice databases + manifest.json.
 
-The zone is streamed once into a staging SQLite table ordered by name key
-(canonical order), so memory stays bounded whatever the zone's size. Slice
-boundaries are then chosen from a bounded histogram of first-label prefixes
-(refined with range queries where one prefix is too coarse), and each slice is
-copied out of staging with ``INSERT ... SELECT`` plus the copies slice
-equivalence needs: the apex, sibling glue, CNAME targets, the NSEC covering the
-names just before the slice's range and the NSEC3 chain. Everything is built in
-a temporary directory and renamed into place at the end, so a failure leaves
-no half-written slice and no manifest behind.
+The zone is streamed once (one parser per core on byte ranges of a plain file)
+into append-only staging tables: one per first octet of the name key, one for
+the apex, one for the NSEC3 chain, and the in-zone names that records point to.
+Memory stays bounded whatever the zone's size. Slice boundaries are chosen from
+a bounded histogram of first-label prefixes (refined with range queries where
+one prefix is too coarse). Each slice is then built in three steps, slices in
+parallel: (1) its own records, the apex and the NSEC3 chain, read from only the
+staging tables its range can hold, in one sorted ``INSERT ... SELECT``;
+(2) the copies slice equivalence needs (sibling glue, CNAME targets, the apex
+wildcard, the NSEC covering the names just before its range), read from the
+other slices' own records once all of them exist; (3) the copies in, per-name
+checks, counts and meta. Everything is built in a temporary directory and
+renamed into place at the end, so a failure leaves no half-written slice and
+no manifest behind.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import multiprocessing as mp
+import operator
 import os
 import resource
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import dns.name
@@ -68,26 +76,36 @@ def default_out_dir(zonefile: Path) -> Path:
     return zonefile.parent / f"{name}.slices"
 
 
-def _staging(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
-    for pragma in (
-        "journal_mode=OFF",
-        "synchronous=OFF",
-        "cache_size=-262144",
-        "temp_store=FILE",
-        "locking_mode=EXCLUSIVE",
-    ):
+_STAGE_COLS = "rkey BLOB, rdtype INTEGER, covers INTEGER, rdata BLOB, ttl INTEGER, line INTEGER"
+_APEX_TABLE = "apex"
+_NSEC3_TABLE = "n3"
+_RR_COLS = "rkey, rdtype, covers, rdata, ttl"
+# Most arms of one compound SELECT (SQLite allows 500).
+_MAX_ARMS = 240
+
+
+def _bucket_table(octet: int) -> str:
+    return f"b{octet:02x}"
+
+
+def _pragmas(conn: sqlite3.Connection, cache_kib: int, exclusive: bool = True) -> None:
+    """For files that are thrown away on failure: no journal, no sync."""
+    for pragma in ("journal_mode=OFF", "synchronous=OFF", f"cache_size=-{cache_kib}", "temp_store=FILE"):
         conn.execute(f"PRAGMA {pragma}")
-    # Append-only while loading; the key index is built in one sort afterwards.
-    conn.execute(
-        "CREATE TABLE st (rkey BLOB, rdtype INTEGER, covers INTEGER, rdata BLOB, ttl INTEGER,"
-        " tkey BLOB, line INTEGER)"
-    )
+    if exclusive:
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+
+
+def _staging(path: Path) -> sqlite3.Connection:
+    """A staging database: append-only tables, one per first octet of the key (so each slice
+    reads only the tables its range can hold), one for the apex and one for the NSEC3 chain
+    (which every slice carries), and the in-zone names that records point to."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    _pragmas(conn, 65536)
+    for table in (_APEX_TABLE, _NSEC3_TABLE):
+        conn.execute(f"CREATE TABLE {table} ({_STAGE_COLS})")
+    conn.execute("CREATE TABLE ref (rkey BLOB, rdtype INTEGER, tkey BLOB, line INTEGER)")
     return conn
-
-
-def _index_staging(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE INDEX st_key ON st (rkey, rdtype, covers)")
 
 
 def _first_label_prefix(rkey: bytes) -> bytes:
@@ -105,13 +123,70 @@ def _unescape(prefix: bytes) -> bytes:
 
 _MAX_WORKERS = 2
 _PARALLEL_MIN_BYTES = 32 << 20
-# Memory-mapped reads of staging, capped so that memory does not grow with the zone.
-_STAGING_MMAP = 128 << 20
+# Slice builds run one process more than there are cores: three slices then share two
+# cores instead of the third one running alone after the first two.
+_BUILD_WORKERS = 3
+
+
+def _adapt_bytes() -> None:
+    """Bind bytes parameters without the sqlite3 module's failing ``__adapt__`` lookup (an
+    AttributeError built and dropped per parameter, a tenth of the staging cost): an
+    identity adapter, so what is stored does not change."""
+    if (bytes, sqlite3.PrepareProtocol) not in sqlite3.adapters:
+        sqlite3.register_adapter(bytes, bytes)
 
 
 def _is_gzip(path: Path) -> bool:
     with open(path, "rb") as fh:
         return fh.read(2) == b"\x1f\x8b"
+
+
+# Rows per INSERT statement while staging: binding one multi-row VALUES costs about half as
+# much per row as one statement per row.
+_ROWS_PER_INSERT = 50
+_STAGE_FIELDS = operator.itemgetter(0, 1, 2, 3, 4, 6)
+_REF_FIELDS = operator.itemgetter(0, 1, 5, 6)
+
+
+def _insert(conn: sqlite3.Connection, table: str, rows: list, fields, width: int, final: bool) -> None:
+    """Insert ``rows`` in statements of _ROWS_PER_INSERT rows; the rest waits for the next
+    call unless ``final``."""
+    k = _ROWS_PER_INSERT
+    full = len(rows) - len(rows) % k
+    if full:
+        one = "(" + ",".join("?" * width) + ")"
+        conn.executemany(
+            f"INSERT INTO {table} VALUES " + ",".join([one] * k),
+            (tuple(chain.from_iterable(map(fields, rows[i : i + k]))) for i in range(0, full, k)),
+        )
+    if final and full < len(rows):
+        conn.executemany(
+            f"INSERT INTO {table} VALUES (" + ",".join("?" * width) + ")",
+            map(fields, rows[full:]),
+        )
+        full = len(rows)
+    del rows[:full]
+
+
+def _flush(
+    conn: sqlite3.Connection,
+    buckets: list[list],
+    created: set[int],
+    apex: list,
+    n3: list,
+    refs: list,
+    final: bool = False,
+) -> None:
+    for octet, rows in enumerate(buckets):
+        if len(rows) >= _ROWS_PER_INSERT or (final and rows):
+            table = _bucket_table(octet)
+            if octet not in created:
+                conn.execute(f"CREATE TABLE {table} ({_STAGE_COLS})")
+                created.add(octet)
+            _insert(conn, table, rows, _STAGE_FIELDS, 6, final)
+    _insert(conn, _APEX_TABLE, apex, _STAGE_FIELDS, 6, final)
+    _insert(conn, _NSEC3_TABLE, n3, _STAGE_FIELDS, 6, final)
+    _insert(conn, "ref", refs, _REF_FIELDS, 4, final)
 
 
 def _load_into(
@@ -120,33 +195,54 @@ def _load_into(
     hist: dict[bytes, int],
     progress: Callable[[int, int], None] | None,
 ) -> None:
-    """Stream ``reader`` into staging table ``st`` and count owned records per label prefix."""
-    insert = "INSERT INTO st VALUES (?,?,?,?,?,?,?)"
-    batch: list[tuple] = []
-    append = batch.append
+    """Stream ``reader`` into the staging tables and count owned records per label prefix.
+
+    References kept (``ref``): those from the apex, CNAME/DNAME targets, and NS/MX/SRV
+    targets under another first label; a target under the owner's own first label is
+    in the same slice as the owner, so it never needs a copy.
+    """
+    buckets: list[list] = [[] for _ in range(256)]
+    apex: list = []
+    n3: list = []
+    refs: list = []
+    created: set[int] = set()
     raw_hist: dict[bytes, int] = {}
-    last = (None, None, None, None)
+    last_key = last_type = last_covers = last_ttl = None
+    pending = 0
     conn.execute("BEGIN")
     for rec in reader:
-        rkey, rdtype, covers, _, ttl = rec[:5]
-        if rkey == last[0] and rdtype == last[1] and covers == last[2] and ttl != last[3]:
-            # RFC 2181 5.2: one TTL per RRset; like BIND, the first record's TTL wins.
-            rec = rec[:4] + (last[3],) + rec[5:]
-            reader.ttl_normalised += 1
+        rkey, rdtype, covers, rdata, ttl, tkey, line = rec
+        if rkey == last_key and rdtype == last_type and covers == last_covers:
+            if ttl != last_ttl:
+                # RFC 2181 5.2: one TTL per RRset; like BIND, the first record's TTL wins.
+                rec = (rkey, rdtype, covers, rdata, last_ttl, tkey, line)
+                reader.ttl_normalised += 1
         else:
-            last = (rkey, rdtype, covers, ttl)
-        append(rec)
-        if rkey and rdtype != 50 and not (rdtype == 46 and covers == 50):
-            p = rkey[:_HIST_CHARS + 1]
+            last_key, last_type, last_covers, last_ttl = rkey, rdtype, covers, ttl
+        if rdtype == 50 or (rdtype == 46 and covers == 50):
+            n3.append(rec)
+        elif rkey:
+            buckets[rkey[0]].append(rec)
+            p = rkey[: _HIST_CHARS + 1]
             raw_hist[p] = raw_hist.get(p, 0) + 1
-        if len(batch) >= _BATCH:
-            conn.executemany(insert, batch)
-            batch.clear()
+        else:
+            apex.append(rec)
+        if tkey is not None and (
+            not rkey
+            or rdtype == 5
+            or rdtype == 39
+            or not tkey.startswith(rkey[: rkey.find(b"\x00") + 1])
+        ):
+            refs.append(rec)
+        pending += 1
+        if pending >= _BATCH:
+            _flush(conn, buckets, created, apex, n3, refs)
+            pending = 0
             if progress is not None:
                 progress(reader.records, reader.bytes_position())
-    if batch:
-        conn.executemany(insert, batch)
+    _flush(conn, buckets, created, apex, n3, refs, final=True)
     conn.execute("COMMIT")
+    conn.execute("CREATE INDEX ref_key ON ref (rkey)")
     for p, n in raw_hist.items():
         q = _first_label_prefix(p + b"\x00")
         hist[q] = hist.get(q, 0) + n
@@ -164,7 +260,6 @@ def _parse_chunk(zonefile, origin, window, first_line, initial, staging_path, se
 
         _load_into(reader, conn, hist, progress)
         counter[0], counter[1] = reader.records, window[1]
-        _index_staging(conn)
         conn.close()
         send.send(("ok", {
             "records": reader.records, "hist": hist, "soa_serial": reader.soa_serial,
@@ -181,18 +276,141 @@ def _parse_chunk(zonefile, origin, window, first_line, initial, staging_path, se
         send.close()
 
 
-def _attach_staging(conn: sqlite3.Connection, staging: list[Path]) -> None:
-    """Make the staging databases visible as one view ``st``."""
-    arms = []
-    for i, path in enumerate(staging):
-        conn.execute(f"ATTACH DATABASE ? AS s{i}", (str(path),))
-        conn.execute(f"PRAGMA s{i}.mmap_size = {_STAGING_MMAP}")
-        arms.append(f"SELECT * FROM s{i}.st")
-    conn.execute("CREATE TEMP VIEW st AS " + " UNION ALL ".join(arms))
+class _Stage:
+    """The staging databases, attached to one connection as s0, s1, ..."""
+
+    def __init__(self, conn: sqlite3.Connection, paths: list[Path]) -> None:
+        self.conn = conn
+        self.tables: list[set[str]] = []
+        for i, path in enumerate(paths):
+            conn.execute(f"ATTACH DATABASE ? AS s{i}", (str(path),))
+            names = conn.execute(f"SELECT name FROM s{i}.sqlite_master WHERE type = 'table'")
+            self.tables.append({r[0] for r in names})
+
+    def detach(self) -> None:
+        for i in range(len(self.tables)):
+            self.conn.execute(f"DETACH DATABASE s{i}")
+
+    def each(self, table: str) -> list[str]:
+        """``table`` in every staging database that has it."""
+        return [f"s{i}.{table}" for i, names in enumerate(self.tables) if table in names]
+
+    def buckets(self, lo_key: bytes, hi_key: bytes | None) -> list[tuple[int, str, bool]]:
+        """``(octet, table, partly outside)`` of the key tables that can hold keys in
+        ``[lo_key, hi_key)``."""
+        top = hi_key[0] if hi_key is not None else 255
+        out = []
+        for octet in range(lo_key[0], top + 1):
+            edge = octet == lo_key[0] or (hi_key is not None and octet == top)
+            out += [(octet, t, edge) for t in self.each(_bucket_table(octet))]
+        return out
+
+    def tables_for(self, rkey: bytes, rdtype: int, covers: int | None = None) -> list[str]:
+        """Where the staged records of one owner and type are."""
+        names = self.each(_APEX_TABLE if not rkey else _bucket_table(rkey[0]))
+        if rdtype == 50 or (rdtype == 46 and covers in (None, 50)):
+            names += self.each(_NSEC3_TABLE)
+        return names
+
+    def line_of(self, rkey: bytes, rdtype: int) -> int | None:
+        lines = [
+            self.conn.execute(
+                f"SELECT min(line) FROM {t} WHERE rkey = ? AND rdtype = ?", (rkey, rdtype)
+            ).fetchone()[0]
+            for t in self.tables_for(rkey, rdtype)
+        ]
+        lines = [n for n in lines if n is not None]
+        return min(lines) if lines else None
+
+    def any(self, tables: list[str], where: str, args: tuple = ()) -> bool:
+        return any(
+            self.conn.execute(f"SELECT 1 FROM {t} WHERE {where} LIMIT 1", args).fetchone()
+            for t in tables
+        )
+
+    def refs(self, where: str, args: dict | tuple = ()) -> set[bytes]:
+        out: set[bytes] = set()
+        for t in self.each("ref"):
+            out.update(r[0] for r in self.conn.execute(f"SELECT tkey FROM {t} WHERE {where}", args))
+        return out
 
 
-def _build_slice_job(args: tuple) -> SliceInfo:
-    return _Splitter.build_slice(*args)
+def _range_sql(hi_key: bytes | None) -> str:
+    return "rkey >= :lo" + (" AND rkey < :hi" if hi_key is not None else "")
+
+
+class _Zone:
+    """The whole zone, read through the slices once they hold their own records: a key's
+    records are in the slice that owns it (the NSEC3 chain is in every slice)."""
+
+    def __init__(self, paths: list[Path], los: list[bytes]) -> None:
+        self.paths = paths
+        self.los = los
+        self.conns: dict[int, sqlite3.Connection] = {}
+
+    def _conn(self, j: int) -> sqlite3.Connection:
+        conn = self.conns.get(j)
+        if conn is None:
+            conn = sqlite3.connect(self.paths[j].as_uri() + "?mode=ro", uri=True)
+            self.conns[j] = conn
+        return conn
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+
+    def owner(self, key: bytes) -> int:
+        return max(0, bisect.bisect_right(self.los, key) - 1)
+
+    def rows_at(self, keys: Iterable[bytes], where: str) -> Iterator[tuple]:
+        """Records at ``keys`` (best in ascending order: one query per 500 keys of a slice)."""
+        batch: list[bytes] = []
+        owner = 0
+        for key in keys:
+            j = self.owner(key)
+            if batch and (j != owner or len(batch) >= 500):
+                yield from self._at(owner, batch, where)
+                batch = []
+            owner = j
+            batch.append(key)
+        if batch:
+            yield from self._at(owner, batch, where)
+
+    def _at(self, j: int, keys: list[bytes], where: str) -> Iterator[tuple]:
+        return self._conn(j).execute(
+            f"SELECT {_RR_COLS} FROM rr WHERE rkey IN ({','.join('?' * len(keys))})"
+            f" AND origin IN ({models.OWNED}, {models.COPY_NSEC3}) AND ({where})",
+            keys,
+        )
+
+    def range_rows(self, lo: bytes, hi: bytes) -> Iterator[tuple]:
+        j = self.owner(lo)
+        while j < len(self.los) and (j == self.owner(lo) or self.los[j] < hi):
+            yield from self._conn(j).execute(
+                f"SELECT {_RR_COLS} FROM rr WHERE rkey >= ? AND rkey < ?"
+                f" AND origin IN ({models.OWNED}, {models.COPY_NSEC3})",
+                (lo, hi),
+            )
+            j += 1
+
+    def nsec_before(self, key: bytes) -> bytes | None:
+        """The greatest NSEC owner below ``key``."""
+        for j in range(self.owner(key), -1, -1):
+            row = self._conn(j).execute(
+                "SELECT rkey FROM rr WHERE rdtype = 47 AND rkey < ? AND rkey > x''"
+                f" AND origin = {models.OWNED} ORDER BY rkey DESC LIMIT 1",
+                (key,),
+            ).fetchone()
+            if row is not None:
+                return row[0]
+        if self._conn(0).execute("SELECT 1 FROM rr WHERE rkey = x'' AND rdtype = 47").fetchone():
+            return b""
+        return None
+
+
+def _build_slice_job(args: tuple) -> object:
+    step, rest = args[0], args[1:]
+    return getattr(_Splitter, step)(*rest)
 
 
 class _Splitter:
@@ -241,7 +459,6 @@ class _Splitter:
                     self.progress(records, position, total)
 
             _load_into(reader, conn, self.hist, progress)
-            _index_staging(conn)
         finally:
             conn.close()
         if self.progress is not None:
@@ -321,28 +538,21 @@ class _Splitter:
 
     # -- phase 2: whole-zone checks -------------------------------------------
 
-    def check(self, conn: sqlite3.Connection, reader: ZoneReader) -> None:
+    def check(self, stage: _Stage, reader: ZoneReader) -> None:
         fname = str(self.zonefile)
         if reader.records == 0:
             raise ZoneFileError(fname, None, "the file holds no records")
         if reader.soa_serial is None:
             raise ZoneFileError(fname, None, f"no SOA record at the apex {reader.zone_origin}")
-        if conn.execute("SELECT 1 FROM st WHERE rkey = x'' AND rdtype = 2").fetchone() is None:
+        if not stage.any(stage.each(_APEX_TABLE), "rdtype = 2"):
             raise ZoneFileError(fname, None, f"no NS records at the apex {reader.zone_origin}")
         self.ttl_fixed = reader.ttl_normalised
 
     @staticmethod
-    def check_slice(conn: sqlite3.Connection, zonefile: str) -> int:
+    def check_slice(conn: sqlite3.Connection, stage: _Stage, zonefile: str) -> int:
         """Per-name rules, checked on each slice in parallel: CNAME alone, one CNAME/DNAME,
         one TTL per RRset (RFC 2181 5.2: like BIND, the first record's TTL wins).
         Returns how many RRsets had their TTL normalised."""
-
-        def line_of(rkey: bytes, rdtype: int) -> int | None:
-            row = conn.execute(
-                "SELECT min(line) FROM st WHERE rkey = ? AND rdtype = ?", (rkey, rdtype)
-            ).fetchone()
-            return row[0] if row else None
-
         row = conn.execute(
             "SELECT c.rkey, o.rdtype FROM rr c JOIN rr o"
             " ON o.rkey = c.rkey AND o.rdtype NOT IN (5, 46, 47)"
@@ -353,9 +563,9 @@ class _Splitter:
 
             raise ZoneFileError(
                 zonefile,
-                line_of(row[0], 5),
+                stage.line_of(row[0], 5),
                 f"CNAME at {key_to_text(row[0])} beside other data"
-                f" ({dns.rdatatype.to_text(row[1])} at line {line_of(row[0], row[1])})",
+                f" ({dns.rdatatype.to_text(row[1])} at line {stage.line_of(row[0], row[1])})",
             )
         row = conn.execute(
             f"SELECT rkey, rdtype FROM rr WHERE rdtype IN (5, 39) AND origin = {models.OWNED}"
@@ -366,24 +576,40 @@ class _Splitter:
 
             raise ZoneFileError(
                 zonefile,
-                line_of(row[0], row[1]),
+                stage.line_of(row[0], row[1]),
                 f"more than one {dns.rdatatype.to_text(row[1])} at {key_to_text(row[0])}",
             )
         mixed = conn.execute(
             "SELECT rkey, rdtype, covers FROM rr GROUP BY rkey, rdtype, covers"
             " HAVING min(ttl) != max(ttl)"
         ).fetchall()
-        for rkey, rdtype, covers in mixed:
-            conn.execute(
-                "UPDATE rr SET ttl = (SELECT ttl FROM st WHERE rkey = ? AND rdtype = ?"
-                " AND covers = ? ORDER BY line LIMIT 1) WHERE rkey = ? AND rdtype = ? AND covers = ?",
-                (rkey, rdtype, covers, rkey, rdtype, covers),
-            )
+        if not mixed:
+            return 0
+        conn.execute(
+            "CREATE TEMP TABLE mixed (rkey BLOB, rdtype INTEGER, covers INTEGER,"
+            " PRIMARY KEY (rkey, rdtype, covers)) WITHOUT ROWID"
+        )
+        conn.executemany("INSERT INTO temp.mixed VALUES (?, ?, ?)", mixed)
+        tables = sorted({t for k, t_, c in mixed for t in stage.tables_for(k, t_, c)})
+        first: dict[tuple, tuple[int, int]] = {}
+        for table in tables:
+            for rkey, rdtype, covers, ttl, line in conn.execute(
+                f"SELECT s.rkey, s.rdtype, s.covers, s.ttl, s.line FROM {table} AS s"
+                " JOIN temp.mixed AS m USING (rkey, rdtype, covers)"
+            ):
+                key = (rkey, rdtype, covers)
+                if key not in first or line < first[key][0]:
+                    first[key] = (line, ttl)
+        conn.executemany(
+            "UPDATE rr SET ttl = ? WHERE rkey = ? AND rdtype = ? AND covers = ?",
+            ((first[k][1], *k) for k in map(tuple, mixed) if k in first),
+        )
+        conn.execute("DROP TABLE temp.mixed")
         return len(mixed)
 
     # -- phase 3: boundaries --------------------------------------------------
 
-    def boundaries(self, conn: sqlite3.Connection) -> list[bytes]:
+    def boundaries(self, stage: _Stage) -> list[bytes]:
         """Lower bounds (first-label prefixes) of slices 1..N-1."""
         if self.parts == 1:
             return []
@@ -413,7 +639,7 @@ class _Splitter:
                     if best is None or len(prefix) < len(best[0]):
                         best = (prefix, before)
             if best is None:
-                best = (self._refine(conn, buckets, int(target)), None)
+                best = (self._refine(stage, buckets, int(target)), None)
             bounds.append(best[0])
         labels = [_unescape(b) for b in bounds]
         for a, b in zip([b""] + labels, labels + [None], strict=True):
@@ -421,9 +647,15 @@ class _Splitter:
             empty = b is not None and not a < b
             if not empty:
                 # A bound placed at the first owned label (tiny zones) leaves a range with no name.
-                sql = "SELECT 1 FROM st WHERE rkey >= ?" + (" AND rkey < ?" if hi_key is not None else "")
-                args = (lo_key,) if hi_key is None else (lo_key, hi_key)
-                empty = conn.execute(f"{sql} AND NOT {_NSEC3_SQL} LIMIT 1", args).fetchone() is None
+                args = {"lo": lo_key, "hi": hi_key}
+                empty = not any(
+                    stage.conn.execute(
+                        f"SELECT 1 FROM {t}" + (f" WHERE {_range_sql(hi_key)}" if edge else "")
+                        + " LIMIT 1",
+                        args,
+                    ).fetchone()
+                    for _o, t, edge in stage.buckets(lo_key, hi_key)
+                )
             if empty:
                 raise SliceError(
                     f"cannot cut the zone into {self.parts} non-empty ranges"
@@ -431,25 +663,35 @@ class _Splitter:
                 )
         return labels
 
-    def _refine(self, conn: sqlite3.Connection, buckets: list, target: int) -> bytes:
+    def _refine(self, stage: _Stage, buckets: list, target: int) -> bytes:
         """Exact boundary inside a bucket too coarse for the tolerance: the target-th owned record's label."""
         cum = 0
         for prefix, count in buckets:
             if cum + count > target:
                 skip = target - cum
-                row = conn.execute(
-                    "SELECT rkey FROM st WHERE rkey >= ? AND NOT " + _NSEC3_SQL +
-                    " ORDER BY rkey LIMIT 1 OFFSET ?",
-                    (prefix, skip),
+                # The first ``count`` owned keys from ``prefix`` on start with it: all in one table.
+                arms = " UNION ALL ".join(
+                    f"SELECT rkey FROM {t} WHERE rkey >= :p" for t in stage.each(_bucket_table(prefix[0]))
+                )
+                row = stage.conn.execute(
+                    f"SELECT rkey FROM ({arms}) ORDER BY rkey LIMIT 1 OFFSET :skip",
+                    {"p": prefix, "skip": skip},
                 ).fetchone()
                 if row is None:
                     break
                 label_key = row[0][: row[0].find(b"\x00")]
-                prev = conn.execute(
-                    "SELECT rkey FROM st WHERE rkey < ? AND rkey > x'' ORDER BY rkey DESC LIMIT 1",
-                    (label_key,),
-                ).fetchone()
-                prev_label = prev[0][: prev[0].find(b"\x00")] if prev else b""
+                tables = stage.each(_NSEC3_TABLE)
+                for octet in range(1, label_key[0] + 1):
+                    tables += stage.each(_bucket_table(octet))
+                prevs = [
+                    stage.conn.execute(
+                        f"SELECT max(rkey) FROM {t} WHERE rkey < ? AND rkey > x''", (label_key,)
+                    ).fetchone()[0]
+                    for t in tables
+                ]
+                prevs = [p for p in prevs if p is not None]
+                prev = max(prevs) if prevs else None
+                prev_label = prev[: prev.find(b"\x00")] if prev else b""
                 for j in range(1, len(label_key) + 1):
                     if label_key[:j] > prev_label and label_key[j - 1 : j] != b"\x01":
                         return label_key[:j]
@@ -485,76 +727,190 @@ class _Splitter:
     # -- phase 4: slices ------------------------------------------------------
 
     @staticmethod
-    def build_slice(
+    def build_owned(staging: list[Path], plan: SlicePlan, index: int, path: Path) -> None:
+        """Step 1: the slice's own records, the apex and the NSEC3 chain, in one sorted
+        insert (SQLite's external sort, so memory stays bounded); exact duplicates keep
+        the first record's TTL."""
+        engine = open_engine(path, create=True)
+        engine.dispose()
+        lo_key, hi_key = first_label_bounds(*plan.range_of(index))
+        conn = sqlite3.connect(path, isolation_level=None)
+        _pragmas(conn, 65536)
+        conn.execute("DROP INDEX IF EXISTS ix_rr_type")
+        stage = _Stage(conn, staging)
+        cols = "rkey, rdtype, covers, rdata, ttl, line"
+        fixed = [f"SELECT {cols}, {models.OWNED} AS o FROM {t}" for t in stage.each(_APEX_TABLE)]
+        fixed += [f"SELECT {cols}, {models.COPY_NSEC3} AS o FROM {t}" for t in stage.each(_NSEC3_TABLE)]
+        groups: list[list[str]] = [fixed]
+        last = None
+        for octet, table, edge in stage.buckets(lo_key, hi_key):
+            arm = f"SELECT {cols}, {models.OWNED} AS o FROM {table}"
+            if edge:
+                arm += f" WHERE {_range_sql(hi_key)}"
+            # Records of one key are all in one octet's tables: a statement never splits them.
+            if octet != last and len(groups[-1]) >= _MAX_ARMS:
+                groups.append([])
+            groups[-1].append(arm)
+            last = octet
+        conn.execute("BEGIN")
+        for arms in groups:
+            if arms:
+                conn.execute(
+                    f"INSERT OR IGNORE INTO rr SELECT {_RR_COLS}, o FROM"
+                    f" ({' UNION ALL '.join(arms)}) ORDER BY rkey, rdtype, covers, rdata, line",
+                    {"lo": lo_key, "hi": hi_key},
+                )
+        conn.execute("COMMIT")
+        conn.execute("CREATE INDEX ix_rr_type ON rr (rdtype, rkey)")
+        stage.detach()
+        conn.close()
+
+    @staticmethod
+    def build_copies(
+        staging: list[Path],
+        plan: SlicePlan,
+        index: int,
+        slice_paths: list[Path],
+        copies_path: Path,
+        dnssec: str | None,
+    ) -> None:
+        """Step 2: what the slice needs from other slices (sibling glue, CNAME targets, the
+        apex wildcard, NSEC), read from their own records into ``copies_path``. In the order
+        of precedence: a record first copied for one reason keeps that reason."""
+        los = [first_label_bounds(*plan.range_of(j))[0] for j in range(plan.parts)]
+        lo_key, hi_key = first_label_bounds(*plan.range_of(index))
+
+        def inside(key: bytes) -> bool:
+            return key != b"" and key >= lo_key and (hi_key is None or key < hi_key)
+
+        def owned(rkey: bytes, rdtype: int, covers: int) -> bool:
+            return (not rkey or inside(rkey)) and not (rdtype == 50 or (rdtype == 46 and covers == 50))
+
+        conn = sqlite3.connect(copies_path, isolation_level=None)
+        _pragmas(conn, 16384)
+        conn.execute(
+            "CREATE TABLE cp (rkey BLOB, rdtype INTEGER, covers INTEGER, rdata BLOB, ttl INTEGER,"
+            " origin INTEGER, PRIMARY KEY (rkey, rdtype, covers, rdata)) WITHOUT ROWID"
+        )
+        stage = _Stage(conn, staging)
+        zone = _Zone(slice_paths, los)
+
+        def add(rows: Iterator[tuple], origin: int) -> None:
+            conn.executemany(
+                f"INSERT OR IGNORE INTO cp VALUES (?, ?, ?, ?, ?, {origin})",
+                (r for r in rows if not owned(r[0], r[1], r[2])),
+            )
+
+        def nsec_before(key: bytes) -> None:
+            prev = zone.nsec_before(key)
+            if prev is not None:
+                add(zone.rows_at([prev], "rdtype = 47 OR (rdtype = 46 AND covers = 47)"), models.COPY_NSEC)
+
+        mine = {"lo": lo_key, "hi": hi_key}
+        in_slice = f"(rkey = x'' OR ({_range_sql(hi_key)}))"
+        conn.execute("BEGIN")
+        try:
+            # Sibling glue: addresses of NS/MX/SRV targets owned by another slice (the
+            # targets go through a table on disk: there can be as many as delegations).
+            conn.execute("CREATE TEMP TABLE glue (tkey BLOB PRIMARY KEY) WITHOUT ROWID")
+            for t in stage.each("ref"):
+                conn.execute(
+                    f"INSERT OR IGNORE INTO temp.glue SELECT tkey FROM {t}"
+                    f" WHERE rdtype IN (2, 15, 33) AND {in_slice}",
+                    mine,
+                )
+            outside = "NOT (tkey >= :lo" + (" AND tkey < :hi)" if hi_key is not None else ")")
+            targets = conn.execute(f"SELECT tkey FROM temp.glue WHERE {outside} ORDER BY tkey", mine)
+            add(zone.rows_at((r[0] for r in targets), "rdtype IN (1, 28)"), models.COPY_GLUE)
+            _Splitter._copy_redirect_targets(
+                stage, zone, stage.refs(f"rdtype IN (5, 39) AND {in_slice}", mine),
+                inside, add, nsec_before,
+            )
+            # The apex wildcard answers for names in every slice.
+            wild = label_prefix(b"*") + b"\x00"
+            add(zone.range_rows(wild, subtree_end(wild)), models.COPY_TARGET)
+            # What answers about copied glue need: its RRSIGs (signed targets go into the
+            # additional section with them) and the NS RRsets of cuts above it (no additional
+            # data for MX/SRV targets below a cut).
+            glue_sql = f"SELECT DISTINCT rkey FROM cp WHERE origin = {models.COPY_GLUE}"
+            keys = [r[0] for r in conn.execute(glue_sql).fetchall()]
+            add(zone.rows_at(keys, "rdtype = 46 AND covers IN (1, 28)"), models.COPY_GLUE)
+            ancestors: set[bytes] = set()
+            for (key,) in conn.execute(glue_sql).fetchall():
+                end = key.find(b"\x00")
+                while 0 <= end < len(key) - 1:
+                    ancestors.add(key[: end + 1])
+                    end = key.find(b"\x00", end + 1)
+            add(zone.rows_at(sorted(ancestors), "rdtype = 2"), models.COPY_GLUE)
+            if dnssec == "nsec":
+                for key in (lo_key, wild):
+                    nsec_before(key)
+            conn.execute("COMMIT")
+        finally:
+            zone.close()
+        stage.detach()
+        conn.close()
+
+    @staticmethod
+    def _copy_redirect_targets(stage: _Stage, zone: _Zone, frontier, inside, add, nsec_before) -> None:
+        """For CNAME/DNAME targets owned by another slice: the whole subtree of the target's
+        first label (NODATA, NXDOMAIN, wildcard, referral and DNAME answers at the target
+        all need it), the NSEC before it and the sibling glue of its NS/MX/SRV RRsets,
+        followed through further redirections to a bounded depth."""
+        seen: set[bytes] = set()
+        for _ in range(_CNAME_DEPTH):
+            labels = {t[: t.find(b"\x00") + 1] for t in frontier if t and not inside(t)} - seen
+            if not labels:
+                return
+            seen |= labels
+            frontier = set()
+            for lab in sorted(labels):
+                sub = {"lo": lab, "hi": subtree_end(lab)}
+                add(zone.range_rows(lab, sub["hi"]), models.COPY_TARGET)
+                nsec_before(lab)
+                sub_sql = "rkey >= :lo AND rkey < :hi AND rdtype IN "
+                frontier |= stage.refs(sub_sql + "(5, 39)", sub)
+                targets = stage.refs(sub_sql + "(2, 15, 33)", sub)
+                add(zone.rows_at(sorted(targets), "rdtype IN (1, 28)"), models.COPY_GLUE)
+
+    @staticmethod
+    def finish_slice(
         staging: list[Path],
         plan: SlicePlan,
         index: int,
         path: Path,
+        copies_path: Path,
         serial: int,
         dnssec: str | None,
         zonefile: str,
     ) -> SliceInfo:
-        engine = open_engine(path, create=True)
-        engine.dispose()
+        """Step 3: copies in, per-name checks, counts, meta; then WAL, fsync and checksum."""
         lo, hi = plan.range_of(index)
-        lo_key, hi_key = first_label_bounds(lo, hi)
         conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=OFF")
-        conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("PRAGMA cache_size=-131072")
-        conn.execute("DROP INDEX IF EXISTS ix_rr_type")
-        _attach_staging(conn, staging)
+        _pragmas(conn, 65536, exclusive=False)
+        conn.execute("ATTACH DATABASE ? AS c", (str(copies_path),))
         conn.execute("BEGIN")
-        range_sql = "rkey >= ?" + (" AND rkey < ?" if hi_key is not None else "")
-        range_args: tuple = (lo_key,) + ((hi_key,) if hi_key is not None else ())
-        cols = "rkey, rdtype, covers, rdata, ttl"
-        conn.execute(
-            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.OWNED} FROM st"
-            f" WHERE (rkey = x'' OR ({range_sql})) AND NOT {_NSEC3_SQL} ORDER BY rkey",
-            range_args,
-        )
-        t_range = "tkey >= ?" + (" AND tkey < ?" if hi_key is not None else "")
-        # Sibling glue: addresses of NS/MX/SRV targets owned by another slice.
-        conn.execute(
-            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_GLUE} FROM st"
-            " WHERE rdtype IN (1, 28) AND rkey IN (SELECT tkey FROM st"
-            f"  WHERE (rkey = x'' OR ({range_sql})) AND rdtype IN (2, 15, 33)"
-            f"  AND tkey IS NOT NULL AND NOT ({t_range}))",
-            range_args + range_args,
-        )
-        _Splitter._copy_redirect_targets(conn, lo_key, hi_key, cols)
-        wild = label_prefix(b"*") + b"\x00"
-        # The apex wildcard answers for names in every slice.
-        conn.execute(
-            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_TARGET} FROM st"
-            " WHERE rkey >= ? AND rkey < ?",
-            (wild, subtree_end(wild)),
-        )
-        _Splitter._copy_additional_context(conn, cols)
-        if dnssec == "nsec":
-            for key in (lo_key, label_prefix(b"*") + b"\x00"):
-                _Splitter._copy_nsec_before(conn, key, cols)
-        if dnssec == "nsec3":
-            conn.execute(
-                f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_NSEC3} FROM st"
-                f" WHERE {_NSEC3_SQL}"
-            )
+        # A copy replaces only an NSEC3 chain row (never an owned one): the copy came first.
+        conn.execute("INSERT OR REPLACE INTO rr SELECT * FROM c.cp")
         conn.execute("COMMIT")
-        conn.execute("CREATE INDEX ix_rr_type ON rr (rdtype, rkey)")
-        ttl_fixed = _Splitter.check_slice(conn, zonefile)
-        conn.execute("DROP VIEW st")
-        for i in range(len(staging)):
-            conn.execute(f"DETACH DATABASE s{i}")
+        conn.execute("DETACH DATABASE c")
+        stage = _Stage(conn, staging)
+        ttl_fixed = _Splitter.check_slice(conn, stage, zonefile)
+        stage.detach()
         counts = dict(conn.execute("SELECT origin, count(*) FROM rr GROUP BY origin").fetchall())
         apex = conn.execute("SELECT count(*) FROM rr WHERE rkey = x''").fetchone()[0]
         names = conn.execute(
             f"SELECT count(DISTINCT rkey) FROM rr WHERE origin = {models.OWNED}"
         ).fetchone()[0]
-        first = conn.execute(
-            "SELECT min(rkey), max(rkey) FROM rr WHERE rkey > x'' AND origin = ?"
-            " AND NOT " + _NSEC3_SQL,
-            (models.OWNED,),
-        ).fetchone()
+        # Walks of the key order from either end (a min()/max() with these terms scans all).
+        ends = [
+            conn.execute(
+                f"SELECT rkey FROM rr WHERE rkey > x'' AND origin = {models.OWNED}"
+                f" AND NOT {_NSEC3_SQL} ORDER BY rkey {order} LIMIT 1"
+            ).fetchone()
+            for order in ("ASC", "DESC")
+        ]
+        first = tuple(e[0] if e else None for e in ends)
         meta = {
             "schema_version": str(models.SCHEMA_VERSION),
             "origin": plan.origin.to_text(),
@@ -597,92 +953,6 @@ class _Splitter:
             sha256=digest,
         )
 
-    @staticmethod
-    def _copy_redirect_targets(
-        conn: sqlite3.Connection, lo_key: bytes, hi_key: bytes | None, cols: str
-    ) -> None:
-        """For CNAME/DNAME targets owned by another slice: the whole subtree of the target's
-        first label (NODATA, NXDOMAIN, wildcard, referral and DNAME answers at the target
-        all need it), the NSEC before it and the sibling glue of its NS/MX/SRV RRsets,
-        followed through further redirections to a bounded depth."""
-
-        def outside(key: bytes) -> bool:
-            return key != b"" and not (key >= lo_key and (hi_key is None or key < hi_key))
-
-        frontier = [
-            r[0]
-            for r in conn.execute(
-                "SELECT DISTINCT st.tkey FROM rr JOIN st USING (rkey, rdtype, covers, rdata)"
-                " WHERE rr.rdtype IN (5, 39) AND st.tkey IS NOT NULL"
-            )
-        ]
-        seen: set[bytes] = set()
-        for _ in range(_CNAME_DEPTH):
-            labels = {t[: t.find(b"\x00") + 1] for t in frontier if outside(t)} - seen
-            if not labels:
-                return
-            seen |= labels
-            frontier = []
-            for lab in sorted(labels):
-                sub = (lab, subtree_end(lab))
-                conn.execute(
-                    f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_TARGET} FROM st"
-                    " WHERE rkey >= ? AND rkey < ?",
-                    sub,
-                )
-                _Splitter._copy_nsec_before(conn, lab, cols)
-                frontier += [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT tkey FROM st WHERE rkey >= ? AND rkey < ? AND rdtype IN (5, 39)"
-                        " AND tkey IS NOT NULL",
-                        sub,
-                    )
-                ]
-                conn.execute(
-                    f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_GLUE} FROM st"
-                    " WHERE rdtype IN (1, 28) AND rkey IN (SELECT tkey FROM st WHERE rkey >= ?"
-                    " AND rkey < ? AND rdtype IN (2, 15, 33) AND tkey IS NOT NULL)",
-                    sub,
-                )
-
-    @staticmethod
-    def _copy_additional_context(conn: sqlite3.Connection, cols: str) -> None:
-        """What answers about copied glue need: its RRSIGs (signed targets go into the
-        additional section with them) and the NS RRsets of cuts above it (no additional
-        data for MX/SRV targets below a cut)."""
-        conn.execute(
-            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_GLUE} FROM st WHERE rdtype = 46"
-            f" AND covers IN (1, 28) AND rkey IN (SELECT rkey FROM rr WHERE origin = {models.COPY_GLUE})"
-        )
-        ancestors: set[bytes] = set()
-        for (key,) in conn.execute(
-            f"SELECT DISTINCT rkey FROM rr WHERE origin = {models.COPY_GLUE}"
-        ).fetchall():
-            end = key.find(b"\x00")
-            while 0 <= end < len(key) - 1:
-                ancestors.add(key[: end + 1])
-                end = key.find(b"\x00", end + 1)
-        conn.executemany(
-            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_GLUE} FROM st"
-            " WHERE rkey = ? AND rdtype = 2",
-            ((a,) for a in sorted(ancestors)),
-        )
-
-    @staticmethod
-    def _copy_nsec_before(conn: sqlite3.Connection, key: bytes, cols: str) -> None:
-        """The NSEC (and its RRSIG) whose owner is the greatest NSEC owner below ``key``."""
-        row = conn.execute(
-            "SELECT rkey FROM st WHERE rkey < ? AND rdtype = 47 ORDER BY rkey DESC LIMIT 1", (key,)
-        ).fetchone()
-        if row is None:
-            return
-        conn.execute(
-            f"INSERT OR IGNORE INTO rr SELECT {cols}, {models.COPY_NSEC} FROM st"
-            " WHERE rkey = ? AND (rdtype = 47 OR (rdtype = 46 AND covers = 47))",
-            (row[0],),
-        )
-
     # -- driver ---------------------------------------------------------------
 
     def run(self) -> SplitResult:
@@ -697,26 +967,35 @@ class _Splitter:
             reader, staging = self.load(tmp)
             conn = sqlite3.connect(":memory:", isolation_level=None)
             try:
-                _attach_staging(conn, staging)
-                self.check(conn, reader)
+                stage = _Stage(conn, staging)
+                self.check(stage, reader)
                 origin = reader.zone_origin
-                dnssec = self._dnssec_mode(conn)
-                bounds = self.boundaries(conn)
+                dnssec = self._dnssec_mode(stage)
+                bounds = self.boundaries(stage)
             finally:
                 conn.close()
             plan = SlicePlan(origin, bounds)
-            jobs = [
-                (staging, plan, i, tmp / f"slice-{i}.db", reader.soa_serial, dnssec, str(self.zonefile))
-                for i in range(self.parts)
+            paths = [tmp / f"slice-{i}.db" for i in range(self.parts)]
+            copies = [tmp / f"copies-{i}.db" for i in range(self.parts)]
+            steps = [
+                [("build_owned", staging, plan, i, paths[i]) for i in range(self.parts)],
+                [("build_copies", staging, plan, i, paths, copies[i], dnssec) for i in range(self.parts)],
+                [
+                    ("finish_slice", staging, plan, i, paths[i], copies[i], reader.soa_serial, dnssec,
+                     str(self.zonefile))
+                    for i in range(self.parts)
+                ],
             ]
-            workers = min(self.parts, os.cpu_count() or 1, _MAX_WORKERS)
-            if workers > 1 and self.owned_total >= 200_000:
+            workers = min(self.parts, _BUILD_WORKERS)
+            if workers > 1 and (os.cpu_count() or 1) > 1 and self.owned_total >= 200_000:
                 ctx = mp.get_context("fork")
                 with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                    slices = list(pool.map(_build_slice_job, jobs))
+                    for jobs in steps:
+                        slices = list(pool.map(_build_slice_job, jobs))
             else:
-                slices = [_build_slice_job(job) for job in jobs]
-            for path in staging:
+                for jobs in steps:
+                    slices = [_build_slice_job(job) for job in jobs]
+            for path in staging + copies:
                 path.unlink()
             manifest = Manifest(
                 origin=origin.to_text(),
@@ -755,10 +1034,10 @@ class _Splitter:
         )
 
     @staticmethod
-    def _dnssec_mode(conn: sqlite3.Connection) -> str | None:
-        if conn.execute("SELECT 1 FROM st WHERE rkey = x'' AND rdtype = 51").fetchone():
+    def _dnssec_mode(stage: _Stage) -> str | None:
+        if stage.any(stage.each(_APEX_TABLE), "rdtype = 51"):
             return "nsec3"
-        if conn.execute("SELECT 1 FROM st WHERE rkey = x'' AND rdtype = 47").fetchone():
+        if stage.any(stage.each(_APEX_TABLE), "rdtype = 47"):
             return "nsec"
         return None
 
@@ -799,6 +1078,7 @@ def split_zone(
     if not zf.exists():
         raise ZoneFileError(str(zf), None, "no such file")
     out = Path(out_dir) if out_dir is not None else default_out_dir(zf)
+    _adapt_bytes()
     if origin is not None:
         origin = dns.name.from_text(origin).to_text()
     return _Splitter(zf, parts, out, by, origin, progress).run()

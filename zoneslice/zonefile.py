@@ -255,7 +255,9 @@ class ZoneReader:
         Name server names repeat across thousands of delegations, so results are
         cached (per origin for relative names; the cache is bounded).
         """
-        cache = st.extra.setdefault("target_cache", {})
+        cache = st.extra.get("target_cache")
+        if cache is None:
+            cache = st.extra["target_cache"] = {}
         hit = cache.get(token)
         if hit is not None:
             return hit
@@ -415,6 +417,7 @@ class ZoneReader:
     # -- records -----------------------------------------------------------
 
     def __iter__(self) -> Iterator[Record]:
+        """Set up and return the record generator (not itself a generator: one level less)."""
         st = _State(filename=str(self.path), origin=None)
         self.state = st
         if self.zone_origin is not None:
@@ -423,7 +426,7 @@ class ZoneReader:
         if self.initial is not None:
             self._set_origin(st, self.initial[0])
             st.ttl = self.initial[1]
-        yield from self._read_file(self.path, st)
+        return self._read_file(self.path, st)
 
     def _read_file(self, path: Path, st: _State) -> Iterator[Record]:
         try:
@@ -490,7 +493,10 @@ class ZoneReader:
 
     def _read_stream(self, fh: io.TextIOBase, st: _State) -> Iterator[Record]:
         fast = self._fast_rdata
+        inet_pton, af_inet = socket.inet_pton, socket.AF_INET
         last_owner = None
+        # The name cache of _target (NS targets repeat); replaced when the origin changes.
+        targets = st.extra.setdefault("target_cache", {})
         for line, blank, tokens in self._logical_lines(fh, st):
             first = tokens[0]
             if first[0] == "$":
@@ -498,6 +504,7 @@ class ZoneReader:
                     self.directive_after_records = True
                 yield from self._directive(st, line, tokens)
                 last_owner = None
+                targets = st.extra.setdefault("target_cache", {})
                 continue
             i = 0
             if blank:
@@ -518,6 +525,7 @@ class ZoneReader:
                         )
                     self._set_zone_origin(self._slow_name(st, first, line))
                     self._set_origin(st, self.zone_origin)
+                    targets = st.extra["target_cache"]
                 key = self._owner_key(st, first, line)
                 st.owner_key = key
                 last_owner = first
@@ -528,7 +536,17 @@ class ZoneReader:
                 rdtype = _TYPE_CACHE.get(tokens[3]) or _rdtype(tokens[3].upper())
                 if rdtype is not None and ttl <= 0x7FFFFFFF and rdtype != _SOA:
                     st.last_ttl = ttl
-                    out = fast(st, rdtype, tokens[4:], line)
+                    out = None
+                    if len(tokens) == 5:
+                        if rdtype == _NS:
+                            out = targets.get(tokens[4])
+                        elif rdtype == _A:
+                            try:
+                                out = inet_pton(af_inet, tokens[4]), None
+                            except (OSError, ValueError):
+                                pass
+                    if out is None:
+                        out = fast(st, rdtype, tokens[4:], line)
                     if out is not None:
                         self.records += 1
                         yield key, rdtype, 0, out[0], ttl, out[1], line

@@ -27,6 +27,7 @@ transactions) so that "which slices point at this glue" is one lookup.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import sqlite3
@@ -40,7 +41,6 @@ from zoneslice.slicing import SlicePlan
 from zoneslice.store import models
 from zoneslice.store.keys import (
     first_label_bounds,
-    key_labels,
     label_prefix,
     labels_key,
     name_key,
@@ -155,13 +155,27 @@ def _owned_sql(lo: bytes, hi: bytes | None) -> tuple[str, tuple]:
     return "(rkey = x'' OR (rkey >= ? AND rkey < ?))", (lo, hi)
 
 
-class _State:
-    """Cached reads of the database in its current state (drop on every change)."""
+def plan_los(plan: SlicePlan) -> list[bytes]:
+    """Each slice's lowest key (as :class:`SliceView` bounds it), in slice order."""
+    return [first_label_bounds(*plan.range_of(i))[0] for i in range(plan.parts)]
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+
+_REF_NEXT = "SELECT rkey FROM xfr_ref WHERE tkey = ? AND rkey >= ? ORDER BY rkey LIMIT 1"
+
+
+class _State:
+    """Cached reads of the database in its current state (drop on every change).
+
+    ``los`` (:func:`plan_los`) lets :meth:`ref_slices` answer "which slices point at
+    this name" with one index seek per slice: a popular name server is the NS target
+    of thousands of delegations, too many to list on every commit.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, los: list[bytes] | None = None) -> None:
         self.conn = conn
+        self.los = los or [b"\x00\x00"]
         self._rows: dict[bytes, list[Rec]] = {}
-        self._refs: dict[bytes, list[bytes]] = {}
+        self._refs: dict[bytes, tuple[bool, frozenset[int]]] = {}
         self._below: dict[bytes, list[bytes]] = {}
         self.glue_memo: dict[int, dict[bytes, bool]] = {}
 
@@ -173,13 +187,34 @@ class _State:
             ).fetchall()
         return got
 
-    def refs(self, tkey: bytes) -> list[bytes]:
-        """Owners of NS/MX/SRV records naming ``tkey`` (needs ``xfr_ref``)."""
+    def slice_of(self, key: bytes) -> int:
+        """The slice whose key range holds ``key`` (-1: none; the apex is everyone's)."""
+        return bisect.bisect_right(self.los, key) - 1
+
+    def ref_slices(self, tkey: bytes) -> tuple[bool, frozenset[int]]:
+        """Whether the apex has NS/MX/SRV records naming ``tkey``, and the slices whose
+        ranges hold such owners (needs ``xfr_ref``)."""
         got = self._refs.get(tkey)
         if got is None:
-            got = self._refs[tkey] = [
-                r[0] for r in self.conn.execute("SELECT rkey FROM xfr_ref WHERE tkey = ?", (tkey,))
-            ]
+            execute = self.conn.execute
+            los = self.los
+            apex = False
+            found: set[int] = set()
+            row = execute(_REF_NEXT, (tkey, b"")).fetchone()
+            while row is not None:
+                rkey = row[0]
+                if rkey == b"":
+                    apex = True
+                    nxt = b"\x00"
+                else:
+                    i = bisect.bisect_right(los, rkey) - 1
+                    if i >= 0:
+                        found.add(i)
+                    if i + 1 >= len(los):
+                        break
+                    nxt = los[i + 1]
+                row = execute(_REF_NEXT, (tkey, nxt)).fetchone()
+            got = self._refs[tkey] = (apex, frozenset(found))
         return got
 
     def addr_below(self, key: bytes) -> list[bytes]:
@@ -302,7 +337,8 @@ class SliceView:
             return False
         if self._sibling is not None:
             return key in self._sibling
-        return any(self.owned(o) for o in self.state.refs(key))
+        apex, found = self.state.ref_slices(key)
+        return apex or self.index in found
 
     def _copied(self, key: bytes, is_addr: bool, is_nsec: bool) -> int | None:
         """Steps 2-4 for a row outside the slice's own data."""
@@ -363,7 +399,7 @@ def slice_records(conn: sqlite3.Connection, plan: SlicePlan, index: int) -> list
     """Every row slice ``index`` of ``plan`` holds, from the whole-zone database ``conn``,
     sorted as the slice table is (rkey, rdtype, covers, rdata)."""
     mode = dnssec_mode(conn)
-    state = _State(conn)
+    state = _State(conn, plan_los(plan))
     lo, hi = first_label_bounds(*plan.range_of(index))
     where, args = _owned_sql(lo, hi)
     origin = plan.origin
@@ -464,6 +500,7 @@ class Projector:
         self.plan = plan
         self.keep = keep
         self.counters = {"batches": 0, "resets": 0, "rows": 0}
+        self._los = plan_los(plan)
         self._views: dict[int, SliceView] | None = None
 
     def install(self, conn: sqlite3.Connection) -> None:
@@ -561,7 +598,7 @@ class Projector:
         self.counters["resets"] += 1
 
     def _make_views(self, conn: sqlite3.Connection) -> dict[int, SliceView]:
-        state = _State(conn)
+        state = _State(conn, self._los)
         mode = dnssec_mode(conn)
         return {i: SliceView(conn, self.plan, i, mode, state) for i in range(self.plan.parts)}
 
@@ -585,9 +622,6 @@ class Projector:
             out[i] = rows
         return out
 
-    def _slice_of(self, key: bytes) -> int:
-        return self.plan.slice_for_label(key_labels(key[: key.find(b"\x00") + 1])[0])
-
     def _candidates(self, views: dict[int, SliceView], key: bytes) -> set[int] | None:
         """The slices that can hold rows at ``key`` (None: maybe any). A slice not owning
         the key holds rows there only as glue of its own references (A/AAAA, their
@@ -600,15 +634,15 @@ class Projector:
         rows = state.rows(key)
         if v0.mode and any(_is_nsec_row(t, c) or _is_nsec3_row(t, c) for t, c, _, _ in rows):
             return None
-        out = {self._slice_of(key)}
+        out = {state.slice_of(key)}
         refd = [key]
         if any(r[0] == T_NS for r in rows):
             refd += state.addr_below(key)
         for k in refd:
-            for o in state.refs(k):
-                if o == b"":
-                    return None
-                out.add(self._slice_of(o))
+            apex, found = state.ref_slices(k)
+            if apex:
+                return None
+            out |= found
         return out
 
     def _touched(self, changesets: list[journal.Changeset]) -> tuple[set[bytes], bool]:
@@ -682,7 +716,8 @@ class Projector:
 
 def _fresh(views: dict[int, SliceView], conn: sqlite3.Connection) -> None:
     """Point the views at a fresh read cache (the database just changed)."""
-    state = _State(conn)
+    old = next(iter(views.values())).state
+    state = _State(conn, old.los)
     for v in views.values():
         v.state = state
 
