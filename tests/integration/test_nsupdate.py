@@ -14,20 +14,14 @@ import dns.tsigkeyring
 import dns.update
 import pytest
 
+from tests.example import EXAMPLE_ZONE, SECRET
 from zoneslice import journal
 from zoneslice.engine.server import Background
 from zoneslice.split import split_zone
 from zoneslice.updates.acl import load_keys
 from zoneslice.updates.primary import primary_role_factory
 
-ZONE = """$ORIGIN example.
-$TTL 3600
-@     SOA  ns1 hostmaster 100 3600 900 604800 300
-@     NS   ns1
-ns1   A    192.0.2.1
-www   A    192.0.2.80
-"""
-SECRET = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
+ZONE = EXAMPLE_ZONE
 WRONG = "b3RoZXJzZWNyZXRvdGhlcnNlY3JldG90aGVyc2VjcmV0"
 
 pytestmark = pytest.mark.skipif(

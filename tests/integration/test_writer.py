@@ -21,19 +21,13 @@ import dns.tsigkeyring
 import dns.update
 import pytest
 
+from tests.example import EXAMPLE_ZONE, SECRET
 from zoneslice.engine import server as server_mod
 from zoneslice.engine.server import Background
 from zoneslice.split import split_zone
 from zoneslice.updates.primary import primary_role_factory
 
-ZONE = """$ORIGIN example.
-$TTL 3600
-@     SOA  ns1 hostmaster 100 3600 900 604800 300
-@     NS   ns1
-ns1   A    192.0.2.1
-www   A    192.0.2.80
-"""
-SECRET = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
+ZONE = EXAMPLE_ZONE
 RING = dns.tsigkeyring.from_text({"k1.": ("hmac-sha256", SECRET)})
 
 

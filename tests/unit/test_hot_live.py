@@ -9,17 +9,12 @@ import time
 import dns.message
 import pytest
 
+from tests.example import EXAMPLE_ZONE
 from zoneslice.engine.query import Responder
 from zoneslice.hot.live import PREFIX, CountingResponder, question_key, read_live_counts
 from zoneslice.split import split_zone
 
-ZONE = """$ORIGIN example.
-$TTL 3600
-@     SOA  ns1 hostmaster 100 3600 900 604800 300
-@     NS   ns1
-ns1   A    192.0.2.1
-www   A    192.0.2.80
-sub   NS   ns.sub
+ZONE = EXAMPLE_ZONE + """sub   NS   ns.sub
 ns.sub A   192.0.2.53
 """
 

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-import struct
 
 import dns.name
 import pytest
 
+from tests.example import soa_rdata as soa
 from zoneslice import journal
 from zoneslice.errors import JournalError
-
-
-def soa(serial: int) -> bytes:
-    mname = dns.name.from_text("ns1.example.").to_wire()
-    rname = dns.name.from_text("hostmaster.example.").to_wire()
-    return mname + rname + struct.pack("!IIIII", serial, 3600, 900, 604800, 300)
 
 
 @pytest.fixture

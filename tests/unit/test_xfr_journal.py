@@ -6,22 +6,16 @@ from __future__ import annotations
 import asyncio
 import socket
 import sqlite3
-import struct
 
 import dns.message
 import dns.name
 import dns.opcode
 import pytest
 
+from tests.example import soa_rdata as soa
 from zoneslice import journal
 from zoneslice.errors import JournalError
 from zoneslice.xfr.notify import Notifier
-
-
-def soa(serial: int) -> bytes:
-    mname = dns.name.from_text("ns1.example.").to_wire()
-    rname = dns.name.from_text("hostmaster.example.").to_wire()
-    return mname + rname + struct.pack("!IIIII", serial, 3600, 900, 604800, 300)
 
 
 @pytest.fixture
