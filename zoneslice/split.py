@@ -133,7 +133,7 @@ def _adapt_bytes() -> None:
     AttributeError built and dropped per parameter, a tenth of the staging cost): an
     identity adapter, so what is stored does not change."""
     if (bytes, sqlite3.PrepareProtocol) not in sqlite3.adapters:
-        sqlite3.register_adapter(bytes, bytes)
+        sqlite3.register_adapter(bytes, bytes.__bytes__)
 
 
 def _is_gzip(path: Path) -> bool:
