@@ -21,8 +21,8 @@ in flight together touch different names and may be applied in any order):
 previous one is answered: acknowledged updates/s and the ratio to BIND.
 
 (b) queries/s answered (dnsperf closed loop, ``--duration`` s per point, the
-mix of bench_engine: Zipf names, ~38 % NXDOMAIN; after one warm-up pass over
-the query file, so that zoneslice's answer cache is warm) while the primary takes
+mix of bench_engine: Zipf names, ~38 % NXDOMAIN; after ``--warmup-passes`` passes
+over the query file, so that every worker's answer cache is warm) while the primary takes
 UPDATEs at each rate of ``--rates``. When SecondaryRole exists
 (zoneslice/xfr/secondary.py, `serve --primary`) dnsperf asks a slice server
 that follows the primary by IXFR (the primary projects each commit onto the
@@ -262,6 +262,7 @@ class Zoneslice:
                      str(self.workers), "--tsig-keys", str(self.keys), "--stats",
                      str(self.work / "stats"), *notify], "primary")
         wait_soa(self.port)
+        self._writer_pid("primary", self.work / "stats")
         self.describe = (f"zoneslice primary (whole zone, {self.workers} workers + writer, "
                          "group commit, WAL synchronous=FULL)")
         if self.slices_n is not None:
@@ -269,12 +270,46 @@ class Zoneslice:
             shutil.copyfile(self.slices_n / "slice-1.db", sdb)
             self._serve([str(sdb), "--listen", f"{ADDR}:{self.query_port}", "--workers",
                          str(self.workers), "--primary", f"{ADDR}:{self.port}",
-                         "--primary-key", KEY, "--tsig-keys", str(self.keys)], "secondary")
+                         "--primary-key", KEY, "--tsig-keys", str(self.keys), "--stats",
+                         str(self.work / "stats-secondary")], "secondary")
             wait_soa(self.query_port)
+            self._writer_pid("secondary", self.work / "stats-secondary")
             self.describe += (f"; queries to slice 1/{self.slices_n.name} secondary (IXFR, "
                               f"notify-delay {self.notify_delay:g} s)")
         else:
             self.describe += "; queries to the primary itself (no SecondaryRole yet)"
+
+    def query_cache(self) -> dict[str, int]:
+        """Answer-cache hits and misses of the queried server's workers so far (as of their
+        last stats write, at most a second old)."""
+        stats = self.work / ("stats-secondary" if self.slices_n is not None else "stats")
+        out: dict[str, int] = {}
+        for f in stats.glob("worker-*.json"):
+            try:
+                r = json.loads(f.read_text()).get("responder", {})
+            except (OSError, ValueError):
+                continue
+            for k in ("cache_hits", "cache_misses"):
+                out[k] = out.get(k, 0) + int(r.get(k, 0))
+        return out
+
+    def _writer_pid(self, name: str, stats: Path) -> None:
+        """Count the writer process's CPU on its own too (``NAME.writer``, part of NAME's)."""
+        for _ in range(50):
+            try:
+                self.roles[f"{name}.writer"] = json.loads((stats / "writer.json").read_text())["pid"]
+                return
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.1)
+
+    def writer_counters(self) -> dict[str, Any]:
+        """The primary writer's queue counters (commits, group sizes, time per phase)."""
+        time.sleep(1.2)
+        try:
+            st = json.loads((self.work / "stats" / "writer.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return st.get("role", {}).get("queue", {})
 
     def query_db(self) -> Path:
         return self.work / "slice-1.db" if self.slices_n is not None else self.db
@@ -332,7 +367,11 @@ def run_server(srv: Any, a: argparse.Namespace, origin: dns.name.Name, stream_a:
         serial0 = soa_serial(srv.port)
         wires = sign(origin, stream_a)
         sender = Sender(srv.port)
+        cpu0 = {k: tree_cpu(pid) for k, pid in srv.roles.items()}
+        own0 = time.process_time()
         elapsed = asyncio.run(sender.closed_loop(wires, a.senders))
+        cpu_a = {k: round(tree_cpu(pid) - cpu0[k], 2) for k, pid in srv.roles.items()}
+        cpu_a["senders"] = round(time.process_time() - own0, 2)
         acked = sender.rcodes.get(0, 0)
         lat = sorted(sender.latencies)
         res["apply"] = {
@@ -342,12 +381,17 @@ def run_server(srv: Any, a: argparse.Namespace, origin: dns.name.Name, stream_a:
             "latency_ms_p50": round(1000 * lat[len(lat) // 2], 2) if lat else None,
             "latency_ms_p99": round(1000 * lat[int(len(lat) * 0.99)], 2) if lat else None,
             "serial_steps": soa_serial(srv.port) - serial0,
+            "cpu_s": cpu_a,
         }
+        writer = getattr(srv, "writer_counters", None)
+        if writer is not None:
+            res["apply"]["writer"] = writer()
         log(f"{srv.label}: (a) {res['apply']}")
         t = time.monotonic()
-        warm = dnsperf(srv.query_port, queries, 600, a.clients, a.outstanding, passes=1)
+        warm = dnsperf(srv.query_port, queries, 600, a.clients, a.outstanding,
+                       passes=a.warmup_passes)
         out, _ = warm.communicate(timeout=900)
-        log(f"{srv.label}: warm-up pass over the query file: {parse_dnsperf(out).get('qps', 0):,.0f} "
+        log(f"{srv.label}: warm-up ({a.warmup_passes} passes over the query file): {parse_dnsperf(out).get('qps', 0):,.0f} "
             f"q/s, {time.monotonic() - t:.1f} s")
         pos = 0
 
@@ -357,6 +401,8 @@ def run_server(srv: Any, a: argparse.Namespace, origin: dns.name.Name, stream_a:
             wires_b = sign(origin, stream_b[pos : pos + n])
             pos += n
             cpu0 = {k: tree_cpu(pid) for k, pid in srv.roles.items()}
+            cache = getattr(srv, "query_cache", lambda: {})
+            cache0 = cache()
             perf = dnsperf(srv.query_port, queries, a.duration, a.clients, a.outstanding)
             upd = Sender(srv.port)
             sent = asyncio.run(upd.paced(wires_b, rate, a.duration))
@@ -370,6 +416,9 @@ def run_server(srv: Any, a: argparse.Namespace, origin: dns.name.Name, stream_a:
                  "updates_acked": upd.rcodes.get(0, 0),
                  "updates_other": {k: v for k, v in upd.rcodes.items() if k},
                  "updates_lost": upd.lost, "cpu_s": cpu}
+            cache1 = cache()
+            if cache1:
+                p["answer_cache"] = {k: cache1[k] - cache0.get(k, 0) for k in cache1}
             log(f"{srv.label}: (b) {p}")
             return p
 
@@ -398,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--outstanding", type=int, default=64, help="dnsperf -q")
     ap.add_argument("--queries", type=int, default=100_000,
                     help="dnsperf query file size (one warm-up pass over it before (b))")
+    ap.add_argument("--warmup-passes", type=int, default=3,
+                    help="dnsperf passes over the query file before (b): each zoneslice worker "
+                         "has its own answer cache and dnsperf's sockets land on the workers "
+                         "anew in every run, so one pass leaves each worker about half warm")
     ap.add_argument("--servers", default="zoneslice,bind")
     ap.add_argument("--unpaired", dest="paired", action="store_false",
                     help="measure each rate once (default: a 0 upd/s run right before each rate, "

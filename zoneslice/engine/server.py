@@ -45,8 +45,10 @@ survive a second unreclaimed are kept.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
+import functools
 import gc
 import hashlib
 import ipaddress
@@ -327,6 +329,30 @@ def _request_frame(ident: int, wire: bytes, client: Any, tcp: bool) -> bytes:
     return _REQ.pack(8 + len(a) + len(wire), ident, bool(tcp), len(a), port) + a + wire
 
 
+async def _frames(reader: asyncio.StreamReader, head: struct.Struct) -> Any:
+    """``(field 2, fields 3.., rest)`` of each frame ``head`` + body on ``reader``, reading
+    whatever has arrived at once (one wake-up for many frames, not two awaits per frame)."""
+    buf = b""
+    hsize = head.size
+    unpack = head.unpack_from
+    while True:
+        chunk = await reader.read(1 << 16)
+        if not chunk:
+            raise asyncio.IncompleteReadError(buf, None)
+        buf = buf + chunk if buf else chunk
+        pos = 0
+        n = len(buf)
+        while n - pos >= 4:
+            size = int.from_bytes(buf[pos : pos + 4], "big")
+            end = pos + 4 + size
+            if end > n:
+                break
+            fields = unpack(buf, pos)
+            yield fields[1], fields[2:], buf[pos + hsize : end]
+            pos = end
+        buf = buf[pos:]
+
+
 class _WriterLink:
     """A worker's persistent connection to the writer; requests multiplexed by id.
 
@@ -340,6 +366,9 @@ class _WriterLink:
         self.pending: dict[int, asyncio.Future[bytes | None]] = {}
         self.writer: asyncio.StreamWriter | None = None
         self.next_id = 0
+        self._out: dict[asyncio.StreamWriter, list[bytes]] = {}
+        self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._lock: asyncio.Lock | None = None
         self._reader: asyncio.Task[None] | None = None
 
@@ -365,13 +394,10 @@ class _WriterLink:
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         pending = self.pending
         try:
-            while True:
-                head = await reader.readexactly(4)
-                body = await reader.readexactly(int.from_bytes(head, "big"))
-                _, ident, has = _RSP.unpack_from(head + body[:5])
+            async for ident, has, body in _frames(reader, _RSP):
                 fut = pending.pop(ident, None)
                 if fut is not None and not fut.done():
-                    fut.set_result(body[5:] if has else None)
+                    fut.set_result(body if has[0] else None)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:
@@ -391,15 +417,57 @@ class _WriterLink:
             fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
             self.pending[ident] = fut
             try:
-                writer.write(_request_frame(ident, wire, client, tcp))
+                queued = self._out.setdefault(writer, [])
+                queued.append(_request_frame(ident, wire, client, tcp))
+                if len(queued) == 1:
+                    asyncio.get_running_loop().call_soon(self._flush, writer)
                 return await fut
             finally:
                 self.pending.pop(ident, None)
+
+    def send_nowait(self, wire: bytes, client: Any, tcp: bool) -> asyncio.Future[bytes | None] | None:
+        """The future answer to ``wire`` without a task or a timer per request (a sweep once
+        a second fails the late ones); None when not connected yet (use :meth:`ask`)."""
+        writer = self.writer
+        if writer is None or writer.is_closing():
+            return None
+        loop = asyncio.get_running_loop()
+        self.next_id = (self.next_id + 1) & 0xFFFFFFFF
+        ident = self.next_id
+        fut: asyncio.Future[bytes | None] = loop.create_future()
+        self.pending[ident] = fut
+        self._deadlines.append((loop.time() + self.timeout, ident))
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(1.0, self._sweep)
+        queued = self._out.setdefault(writer, [])
+        queued.append(_request_frame(ident, wire, client, tcp))
+        if len(queued) == 1:
+            loop.call_soon(self._flush, writer)
+        return fut
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            fut = self.pending.pop(dl.popleft()[1], None)
+            if fut is not None and not fut.done():
+                fut.set_exception(TimeoutError("the writer did not answer"))
+        self._sweeper = loop.call_later(1.0, self._sweep) if dl else None
+
+    def _flush(self, writer: asyncio.StreamWriter) -> None:
+        """One write (one syscall) for every request made in this turn of the loop."""
+        queued = self._out.pop(writer, [])
+        if queued and not writer.is_closing():
+            writer.write(b"".join(queued))
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self.writer is not None:
             self.writer.transport.abort()
         if self._reader is not None:
@@ -470,7 +538,9 @@ class _Writer:
         self.started = time.time()
         self.c = {"connections": 0, "requests": 0, "answers": 0, "errors": 0, "handle_us": 0}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.futures: set[asyncio.Future[bytes | None]] = set()
         self.conns: set[asyncio.StreamWriter] = set()
+        self._out: dict[asyncio.StreamWriter, list[bytes]] = {}
         self._last_error_log = 0.0
 
     async def _one(self, out: asyncio.StreamWriter, ident: int, wire: bytes, client: Any,
@@ -487,25 +557,51 @@ class _Writer:
                 log.error("writer: role failed on %s: %s", wire[:64].hex(),
                           traceback.format_exc(limit=4).strip().replace("\n", " | "))
             answer = servfail(wire)
+        self._reply(out, ident, answer)
+
+    def _submitted(self, out: asyncio.StreamWriter, ident: int, wire: bytes,
+                   fut: asyncio.Future[bytes | None]) -> None:
+        """The answer of a request the role took with ``submit`` (no task per message)."""
+        self.futures.discard(fut)
+        try:
+            answer = fut.result()
+        except Exception:
+            self.c["errors"] += 1
+            answer = servfail(wire)
+        self._reply(out, ident, answer)
+
+    def _reply(self, out: asyncio.StreamWriter, ident: int, answer: bytes | None) -> None:
         if out.is_closing():
             return
         body = answer or b""
-        out.write(_RSP.pack(5 + len(body), ident, answer is not None) + body)
+        queued = self._out.setdefault(out, [])
+        queued.append(_RSP.pack(5 + len(body), ident, answer is not None) + body)
+        if len(queued) == 1:
+            asyncio.get_running_loop().call_soon(self._flush, out)
         self.c["answers"] += 1
+
+    def _flush(self, out: asyncio.StreamWriter) -> None:
+        """One write per worker connection for all the answers of this turn of the loop."""
+        queued = self._out.pop(out, [])
+        if queued and not out.is_closing():
+            out.write(b"".join(queued))
 
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.c["connections"] += 1
         self.conns.add(writer)
         loop = asyncio.get_running_loop()
+        submit = getattr(self.role, "submit", None)
         try:
-            while True:
-                head = await reader.readexactly(4)
-                body = await reader.readexactly(int.from_bytes(head, "big"))
-                _, ident, tcp, alen, port = _REQ.unpack_from(head + body[:8])
-                addr = body[8 : 8 + alen].decode(errors="replace")
+            async for ident, (tcp, alen, port), body in _frames(reader, _REQ):
                 self.c["requests"] += 1
-                task = loop.create_task(self._one(writer, ident, body[8 + alen :], (addr, port),
-                                                  bool(tcp)))
+                wire = body[alen:]
+                fut = submit(wire) if submit is not None else None
+                if fut is not None:
+                    self.futures.add(fut)
+                    fut.add_done_callback(functools.partial(self._submitted, writer, ident, wire))
+                    continue
+                addr = body[:alen].decode(errors="replace")
+                task = loop.create_task(self._one(writer, ident, wire, (addr, port), bool(tcp)))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
@@ -519,6 +615,7 @@ class _Writer:
             "pid": os.getpid(),
             "started": self.started,
             "updated": time.time(),
+            "cpu_s": round(time.process_time(), 3),
             "writer": dict(self.c),
             "role": _plain(getattr(self.role, "counters", {}) or {}),
         }
@@ -551,8 +648,8 @@ class _Writer:
         await stopping.wait()
         handle[0].cancel()
         server.close()
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=STOP_GRACE - 1.5)
+        if self.tasks or self.futures:
+            await asyncio.wait(list(self.tasks) + list(self.futures), timeout=STOP_GRACE - 1.5)
         for w in list(self.conns):
             w.transport.close()
         await self.role.stop()
@@ -712,9 +809,70 @@ class _Worker:
             self.c["udp_send_errors"] += 1
 
     def _pass_udp(self, sock: socket.socket, wire: bytes, addr: Any) -> None:
+        send = getattr(self.link, "send_nowait", None)
+        if send is not None and self._udp_nowait(send, sock, wire, addr):
+            return
         task = asyncio.get_running_loop().create_task(self._udp_writer(sock, wire, addr))
         self.passed.add(task)
         task.add_done_callback(self.passed.discard)
+
+    def _udp_nowait(self, send: Any, sock: socket.socket, wire: bytes, addr: Any) -> bool:
+        """:meth:`_udp_writer` without a task: prepare, hand over, answer from a callback.
+        False when the link is not connected (the task path connects it)."""
+        link = getattr(self.link, "writer", None)
+        if link is None or link.is_closing():
+            return False
+        finish: Callable[[bytes | None], bytes | None] | None = None
+        payload = wire
+        if self.side is not None:
+            try:
+                prep = self.side.prepare(wire, addr)
+            except Exception:
+                prep = self._failed(wire)
+            if not isinstance(prep, tuple):
+                self.c["writer_in"] += 1
+                self._udp_send(sock, prep, addr)
+                return True
+            payload, finish = prep
+        fut = send(payload, addr, False)
+        if fut is None:
+            return False
+        self.c["writer_in"] += 1
+        fut.add_done_callback(functools.partial(self._udp_answer, sock, wire, addr, finish))
+        return True
+
+    def _udp_answer(self, sock: socket.socket, wire: bytes, addr: Any,
+                    finish: Callable[[bytes | None], bytes | None] | None,
+                    fut: asyncio.Future[bytes | None]) -> None:
+        try:
+            reply = fut.result()
+        except Exception as exc:  # noqa: BLE001 - writer dead, slow or broken: SERVFAIL
+            self.c["writer_failed"] += 1
+            now = time.monotonic()
+            if now - self._last_error_log > 10:
+                self._last_error_log = now
+                log.error("worker %d: writer failed: %s", self.index, repr(exc))
+            reply = None
+            if finish is None:
+                self._udp_send(sock, servfail(wire), addr)
+                return
+        out = reply
+        if finish is not None:
+            try:
+                out = finish(reply)
+            except Exception:
+                out = self._failed(wire)
+        self._udp_send(sock, out, addr)
+
+    def _udp_send(self, sock: socket.socket, out: bytes | None, addr: Any) -> None:
+        if out is None:
+            self.c["udp_dropped"] += 1
+            return
+        try:
+            sock.sendto(out, addr)
+            self.c["udp_out"] += 1
+        except OSError:
+            self.c["udp_send_errors"] += 1
 
     # ---- UDP
 
@@ -848,8 +1006,8 @@ class _Worker:
             "pid": os.getpid(),
             "started": self.started,
             "updated": time.time(),
+            "cpu_s": round(time.process_time(), 3),
             "tcp_clients": len(self.clients),
-            "gc_frozen": gc.get_freeze_count(),
             "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "server": dict(self.c),
             "responder": _plain(self.responder.counters),
@@ -994,6 +1152,27 @@ def _fork_writer(inherited: Sequence[int], **kw: Any) -> tuple[int, int]:
     return _fork_child(body, inherited)
 
 
+PROFILE_ENV = "ZONESLICE_PROFILE"
+"""A directory: every child (writer, workers) runs under cProfile and leaves ``<pid>.prof``
+there when it stops (for finding where an update's time goes; off unless set)."""
+
+
+def _profiled(body: Callable[[Callable[[], None]], None], ready: Callable[[], None]) -> None:
+    out = os.environ.get(PROFILE_ENV)
+    if not out:
+        body(ready)
+        return
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        body(ready)
+    finally:
+        prof.disable()
+        prof.dump_stats(str(Path(out) / f"{os.getpid()}.prof"))
+
+
 def _fork_child(body: Callable[[Callable[[], None]], None], inherited: Sequence[int]) -> tuple[int, int]:
     rfd, wfd = os.pipe()
     sys.stdout.flush()
@@ -1015,7 +1194,7 @@ def _fork_child(body: Callable[[Callable[[], None]], None], inherited: Sequence[
         def ready() -> None:
             os.write(wfd, b"ok\n")
 
-        body(ready)
+        _profiled(body, ready)
         code = 0
     except BaseException as exc:
         with contextlib.suppress(OSError):

@@ -17,6 +17,7 @@ current time with the ``unixtime`` policy).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import struct
 import time
@@ -73,6 +74,19 @@ class Zone:
             int(meta.get("index", "0") or 0),
             bool(meta.get("dnssec", "")),
         )
+
+    @functools.cached_property
+    def _tail(self) -> tuple[bytes, ...]:
+        return tuple(lb.lower() for lb in self.origin.labels)
+
+    def contains(self, name: dns.name.Name) -> bool:
+        """``name.is_subdomain(origin)`` without dnspython's general comparison (~10x)."""
+        tail = self._tail
+        labels = name.labels
+        n = len(tail)
+        if len(labels) < n or not name.is_absolute():
+            return False
+        return tuple(lb.lower() for lb in labels[len(labels) - n :]) == tail
 
     def owns(self, name: dns.name.Name) -> bool:
         """Whether ``name`` (in the zone) belongs to this slice."""
@@ -276,7 +290,7 @@ def check_zone(upd: Update, zone: Zone) -> None:
 
 
 def _in_zone(name: dns.name.Name, zone: Zone) -> None:
-    if not name.is_subdomain(zone.origin):
+    if not zone.contains(name):
         raise UpdateRefused(R.NOTZONE, f"{name} is outside {zone.origin}")
     if not zone.owns(name):
         raise UpdateRefused(R.NOTAUTH, f"{name} is outside this slice")

@@ -152,6 +152,7 @@ class WatchedResponder:
             return
         self._seen = seen
         names, self._seq = journal.names_since(self._conn, self._seq)
+        c = self.inner.counters
         if names is not None and self.origin not in names:
             # the apex moved only its SOA (names_since marks it with the relative empty
             # name): keep the negative answers, with the new serial written into them
@@ -160,7 +161,10 @@ class WatchedResponder:
                 rest = {n for n in names if n != dns.name.empty}
                 if rest:
                     self.inner.invalidate(rest)
+                c["commits_seen"] = c.get("commits_seen", 0) + 1
                 return
+        key = "commits_dropped_all" if names is None else "commits_dropped_apex"
+        c[key] = c.get(key, 0) + 1
         self.inner.invalidate(names)
 
     def respond(self, wire: bytes, *, tcp: bool, client: Any = None) -> bytes | None:

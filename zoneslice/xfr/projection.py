@@ -160,6 +160,8 @@ def plan_los(plan: SlicePlan) -> list[bytes]:
     return [first_label_bounds(*plan.range_of(i))[0] for i in range(plan.parts)]
 
 
+REF_FEW = 16
+_REF_FEW = f"SELECT rkey FROM xfr_ref WHERE tkey = ? LIMIT {REF_FEW}"
 _REF_NEXT = "SELECT rkey FROM xfr_ref WHERE tkey = ? AND rkey >= ? ORDER BY rkey LIMIT 1"
 
 
@@ -198,6 +200,13 @@ class _State:
         if got is None:
             execute = self.conn.execute
             los = self.los
+            few = execute(_REF_FEW, (tkey,)).fetchall()
+            if len(few) < REF_FEW:
+                found_few = {bisect.bisect_right(los, r[0]) - 1 for r in few if r[0]}
+                got = self._refs[tkey] = (
+                    any(not r[0] for r in few), frozenset(i for i in found_few if i >= 0)
+                )
+                return got
             apex = False
             found: set[int] = set()
             row = execute(_REF_NEXT, (tkey, b"")).fetchone()
@@ -501,6 +510,9 @@ class Projector:
         self.keep = keep
         self.counters = {"batches": 0, "resets": 0, "rows": 0}
         self._los = plan_los(plan)
+        self._reader_conn: sqlite3.Connection | None = None
+        self._reader_for: sqlite3.Connection | None = None
+        self._tables_in: sqlite3.Connection | None = None
         self._views: dict[int, SliceView] | None = None
 
     def install(self, conn: sqlite3.Connection) -> None:
@@ -537,10 +549,21 @@ class Projector:
         """Append one slice_journal entry per slice for this batch (inside its transaction)."""
         if not changesets:
             return
-        conn.execute(_REF_DDL)
-        journal.ensure_slice_table(conn)
+        if self._tables_in is not conn:  # until they exist outside this transaction too
+            had = conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                " AND name IN ('xfr_ref', 'slice_journal')"
+            ).fetchone()[0]
+            conn.execute(_REF_DDL)
+            journal.ensure_slice_table(conn)
+            if had == 2:
+                self._tables_in = conn
         refs_ok = _meta(conn, META_REF_SERIAL) == str(changesets[0].serial_from)
         soa_from, soa_to = changesets[0].soa_from, changesets[-1].soa_to
+        reader = self._reader(conn) if refs_ok else None
+        if reader is not None:
+            self._project_with_reader(conn, reader, changesets)
+            return
         self._undo(conn, changesets)
         if not refs_ok:  # the database changed behind our back: rebuild what we keep
             rebuild_refs(conn, self.plan.origin)
@@ -574,6 +597,16 @@ class Projector:
         _fresh(after_views, conn)
         after = self._members(after_views, keys, extra)
         self._views = None if special else after_views
+        self._append(conn, changesets, before, after)
+
+    def _append(
+        self,
+        conn: sqlite3.Connection,
+        changesets: list[journal.Changeset],
+        before: dict[int, set[Row]],
+        after: dict[int, set[Row]],
+    ) -> None:
+        soa_from, soa_to = changesets[0].soa_from, changesets[-1].soa_to
         for i in range(self.plan.parts):
             b, a = before[i], after[i]
             deleted = sorted(b - a)
@@ -584,6 +617,90 @@ class Projector:
         self.counters["batches"] += 1
         if self.counters["batches"] % 256 == 0:
             journal.trim_slices(conn, self.keep)
+
+    def _reader(self, conn: sqlite3.Connection) -> sqlite3.Connection | None:
+        """A read-only connection to the same (WAL) database: while ``conn``'s transaction
+        is open it reads the state before the batch, so no undo/redo is needed (None:
+        an in-memory or non-WAL database, where the undo/redo path runs)."""
+        if self._reader_conn is not None and self._reader_for is conn:
+            return self._reader_conn
+        path = next((r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"), "")
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if not path or str(mode).lower() != "wal":
+            return None
+        if self._reader_conn is not None:
+            self._reader_conn.close()
+        self._reader_conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+        self._reader_for = conn
+        return self._reader_conn
+
+    def _project_with_reader(
+        self, conn: sqlite3.Connection, reader: sqlite3.Connection,
+        changesets: list[journal.Changeset],
+    ) -> None:
+        """The projection with the "before" state read through ``reader`` (the last commit)
+        and the "after" state through ``conn``; only ``xfr_ref`` is brought up to date."""
+        keys, special = self._touched(changesets)
+        for cs in changesets:
+            self._refs(conn, cs.deleted, cs.added)
+        views = self._views
+        if views is not None and not special:
+            special = any(
+                e.lab <= k < e.end for v in views.values() for e in v.events for k in keys
+            )
+        extra: dict[int, set[bytes]] = {}
+        reader.execute("BEGIN")
+        try:
+            if special or views is None:
+                before_views = self._make_views(reader)
+                after_views = self._make_views(conn)
+                modes = {v.mode for v in before_views.values()} | {
+                    v.mode for v in after_views.values()
+                }
+                if len(modes) > 1:
+                    soa_from, soa_to = changesets[0].soa_from, changesets[-1].soa_to
+                    self._reset_all(conn, soa_from, soa_to, changesets)
+                    self._views = None
+                    return
+                for i, b in before_views.items():
+                    a = after_views[i]
+                    if a.signature() != b.signature():
+                        extra[i] = b.related_keys() | a.related_keys()
+            else:
+                before_views = after_views = views
+            _fresh(before_views, reader)
+            before = self._members(before_views, keys, extra)
+            _fresh(after_views, conn)
+            after = self._members(after_views, keys, extra)
+        finally:
+            reader.execute("COMMIT")
+        self._views = None if special else after_views
+        self._append(conn, changesets, before, after)
+
+    def _refs(
+        self, conn: sqlite3.Connection, gone: Iterable[journal.RR], come: Iterable[journal.RR]
+    ) -> None:
+        origin = self.plan.origin
+        drop = []
+        for name, rdtype, _ttl, rdata in gone:
+            if rdtype in REF_TYPES:
+                t = target_key(rdtype, rdata, origin)
+                if t is not None:
+                    drop.append((t, name_key(name, origin), rdtype, rdata))
+        if drop:
+            conn.executemany(
+                "DELETE FROM xfr_ref WHERE tkey = ? AND rkey = ? AND rdtype = ? AND rdata = ?", drop
+            )
+        add = []
+        for name, rdtype, _ttl, rdata in come:
+            if rdtype in REF_TYPES:
+                t = target_key(rdtype, rdata, origin)
+                if t is not None:
+                    add.append((t, name_key(name, origin), rdtype, rdata))
+        if add:
+            conn.executemany("INSERT OR IGNORE INTO xfr_ref VALUES (?, ?, ?, ?)", add)
 
     def _reset_all(
         self,
