@@ -133,7 +133,8 @@ class UpdatePolicy:
         policy.grants = {**policy.grants, **narrowed}
         return policy
 
-    def _scope(self, key: dns.name.Name | None) -> list[dns.name.Name]:
+    def scope(self, key: dns.name.Name | None) -> list[dns.name.Name]:
+        """The subtrees ``key`` (None: unsigned senders) may change."""
         if key is None:
             return [self.unsigned_grant] if self.unsigned_grant is not None else []
         if key in self.grants:
@@ -143,14 +144,14 @@ class UpdatePolicy:
     def sender_allowed(self, key: dns.name.Name | None, addr: str | None) -> bool:
         """Whether this sender may update anything at all (REFUSED otherwise)."""
         if key is not None:
-            return bool(self._scope(key))
+            return bool(self.scope(key))
         if addr is None:
             return False
         try:
             ip = ipaddress.ip_address(addr.split("%", 1)[0])
         except ValueError:
             return False
-        return any(ip in net for net in self.allow_unsigned) and bool(self._scope(None))
+        return any(ip in net for net in self.allow_unsigned) and bool(self.scope(None))
 
     def may_change(self, key: dns.name.Name | None, name: dns.name.Name) -> bool:
-        return any(name.is_subdomain(top) for top in self._scope(key))
+        return any(name.is_subdomain(top) for top in self.scope(key))

@@ -188,7 +188,7 @@ class PrimaryRole:
         if got is False:
             policy = self.gate.policy
             assert self.queue is not None
-            if list(policy._scope(key)) == [self.queue.zone.origin]:
+            if list(policy.scope(key)) == [self.queue.zone.origin]:
                 got = None
             else:
 
