@@ -354,6 +354,7 @@ def _build(
     netns.ip("addr", "add", f"{CONTROLLER}/{NETWORK.prefixlen}", "dev", HOST_LINK)
     netns.ip("link", "set", HOST_LINK, "up")
     netns.ip("link", "set", "ctl", "master", BRIDGE, "up", ns=BRIDGE_NS)
+    _full_checksums([(None, HOST_LINK)] + [(names[h.name], NODE_IFACE) for h in layout.hosts])
 
     if not PRIVSEP_DIR.exists():
         state["created_privsep"] = True
@@ -405,6 +406,21 @@ def _tail(path: Path, lines: int = 5) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def _full_checksums(links: list[tuple[str | None, str]]) -> None:
+    """Turn TX checksum offload off on the sending ends, as a real NIC's wire would carry.
+
+    A veth otherwise hands on UDP packets whose checksum is only partial, and the XDP
+    program (rightly) passes those up instead of answering them.
+    """
+    for ns, dev in links:
+        prefix = [netns.IP, "netns", "exec", ns] if ns else []
+        r = subprocess.run(
+            [*prefix, "ethtool", "-K", dev, "tx", "off"], capture_output=True, text=True, timeout=30
+        )
+        if r.returncode != 0:
+            raise TestbedError(f"ethtool -K {dev} tx off{f' in {ns}' if ns else ''}: {r.stderr.strip()}")
 
 
 def _check_logins(wd: Path, addresses: list[str]) -> None:
