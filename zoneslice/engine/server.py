@@ -798,15 +798,7 @@ class _Worker:
             return self._failed(wire)
 
     async def _udp_writer(self, sock: socket.socket, wire: bytes, addr: Any) -> None:
-        out = await self._ask_writer(wire, addr, False)
-        if out is None:
-            self.c["udp_dropped"] += 1
-            return
-        try:
-            sock.sendto(out, addr)
-            self.c["udp_out"] += 1
-        except OSError:
-            self.c["udp_send_errors"] += 1
+        self._udp_send(sock, await self._ask_writer(wire, addr, False), addr)
 
     def _pass_udp(self, sock: socket.socket, wire: bytes, addr: Any) -> None:
         send = getattr(self.link, "send_nowait", None)
