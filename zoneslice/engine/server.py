@@ -760,21 +760,48 @@ class _Worker:
 
     # ---- UPDATE and NOTIFY: the writer's
 
+    def _prepare(self, wire: bytes, client: Any) -> Any:
+        """The role's worker side first: an answer now (bytes or None), or ``(payload,
+        finish)`` for the writer; without a worker side, the message as it is."""
+        if self.side is None:
+            return wire, None
+        try:
+            return self.side.prepare(wire, client)
+        except Exception:
+            return self._failed(wire)
+
+    def _writer_failed(self, exc: Exception) -> None:
+        self.c["writer_failed"] += 1
+        now = time.monotonic()
+        if now - self._last_error_log > 10:
+            self._last_error_log = now
+            log.error("worker %d: writer failed: %s", self.index, repr(exc))
+
+    def _complete(
+        self,
+        wire: bytes,
+        finish: Callable[[bytes | None], bytes | None] | None,
+        reply: bytes | None,
+        failed: bool = False,
+    ) -> bytes | None:
+        """The answer to send from the writer's reply (SERVFAIL when it failed and no
+        worker side finishes the answer)."""
+        if finish is None:
+            return servfail(wire) if failed else reply
+        try:
+            return finish(reply)
+        except Exception:
+            return self._failed(wire)
+
     async def _ask_writer(self, wire: bytes, client: Any, tcp: bool) -> bytes | None:
         """The writer's answer; a role's worker side (if any) may answer first or pre-process
         the message here, in parallel on every worker, and finish the answer."""
         self.c["writer_in"] += 1
         assert self.link is not None
-        finish: Callable[[bytes | None], bytes | None] | None = None
-        payload = wire
-        if self.side is not None:
-            try:
-                prep = self.side.prepare(wire, client)
-            except Exception:
-                return self._failed(wire)
-            if not isinstance(prep, tuple):
-                return prep
-            payload, finish = prep
+        prep = self._prepare(wire, client)
+        if not isinstance(prep, tuple):
+            return prep
+        payload, finish = prep
         t0 = time.monotonic()
         try:
             reply = await self.link.ask(payload, client, tcp)
@@ -782,20 +809,9 @@ class _Worker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - writer dead, slow or broken: SERVFAIL, no hang
-            self.c["writer_failed"] += 1
-            now = time.monotonic()
-            if now - self._last_error_log > 10:
-                self._last_error_log = now
-                log.error("worker %d: writer failed: %s", self.index, repr(exc))
-            reply = None
-            if finish is None:
-                return servfail(wire)
-        if finish is None:
-            return reply
-        try:
-            return finish(reply)
-        except Exception:
-            return self._failed(wire)
+            self._writer_failed(exc)
+            return self._complete(wire, finish, None, failed=True)
+        return self._complete(wire, finish, reply)
 
     async def _udp_writer(self, sock: socket.socket, wire: bytes, addr: Any) -> None:
         self._udp_send(sock, await self._ask_writer(wire, addr, False), addr)
@@ -814,18 +830,12 @@ class _Worker:
         link = getattr(self.link, "writer", None)
         if link is None or link.is_closing():
             return False
-        finish: Callable[[bytes | None], bytes | None] | None = None
-        payload = wire
-        if self.side is not None:
-            try:
-                prep = self.side.prepare(wire, addr)
-            except Exception:
-                prep = self._failed(wire)
-            if not isinstance(prep, tuple):
-                self.c["writer_in"] += 1
-                self._udp_send(sock, prep, addr)
-                return True
-            payload, finish = prep
+        prep = self._prepare(wire, addr)
+        if not isinstance(prep, tuple):
+            self.c["writer_in"] += 1
+            self._udp_send(sock, prep, addr)
+            return True
+        payload, finish = prep
         fut = send(payload, addr, False)
         if fut is None:
             return False
@@ -839,22 +849,10 @@ class _Worker:
         try:
             reply = fut.result()
         except Exception as exc:  # noqa: BLE001 - writer dead, slow or broken: SERVFAIL
-            self.c["writer_failed"] += 1
-            now = time.monotonic()
-            if now - self._last_error_log > 10:
-                self._last_error_log = now
-                log.error("worker %d: writer failed: %s", self.index, repr(exc))
-            reply = None
-            if finish is None:
-                self._udp_send(sock, servfail(wire), addr)
-                return
-        out = reply
-        if finish is not None:
-            try:
-                out = finish(reply)
-            except Exception:
-                out = self._failed(wire)
-        self._udp_send(sock, out, addr)
+            self._writer_failed(exc)
+            self._udp_send(sock, self._complete(wire, finish, None, failed=True), addr)
+            return
+        self._udp_send(sock, self._complete(wire, finish, reply), addr)
 
     def _udp_send(self, sock: socket.socket, out: bytes | None, addr: Any) -> None:
         if out is None:
