@@ -570,24 +570,18 @@ class Projector:
             self._views = None
         keys, special = self._touched(changesets)
         views = self._views
-        if views is not None and not special:
-            special = any(
-                e.lab <= k < e.end for v in views.values() for e in v.events for k in keys
-            )
+        special = special or _events_touched(views, keys)
         extra: dict[int, set[bytes]] = {}
         if special or views is None:
             before_views = self._make_views(conn)
             self._redo(conn, changesets)
             after_views = self._make_views(conn)
-            modes = {v.mode for v in before_views.values()} | {v.mode for v in after_views.values()}
-            if len(modes) > 1:
+            changed = _view_changes(before_views, after_views)
+            if changed is None:
                 self._reset_all(conn, soa_from, soa_to, changesets)
                 self._views = None
                 return
-            for i, b in before_views.items():
-                a = after_views[i]
-                if a.signature() != b.signature():
-                    extra[i] = b.related_keys() | a.related_keys()
+            extra = changed
             self._undo(conn, changesets)
         else:
             before_views = after_views = views
@@ -646,28 +640,20 @@ class Projector:
         for cs in changesets:
             self._refs(conn, cs.deleted, cs.added)
         views = self._views
-        if views is not None and not special:
-            special = any(
-                e.lab <= k < e.end for v in views.values() for e in v.events for k in keys
-            )
+        special = special or _events_touched(views, keys)
         extra: dict[int, set[bytes]] = {}
         reader.execute("BEGIN")
         try:
             if special or views is None:
                 before_views = self._make_views(reader)
                 after_views = self._make_views(conn)
-                modes = {v.mode for v in before_views.values()} | {
-                    v.mode for v in after_views.values()
-                }
-                if len(modes) > 1:
+                changed = _view_changes(before_views, after_views)
+                if changed is None:
                     soa_from, soa_to = changesets[0].soa_from, changesets[-1].soa_to
                     self._reset_all(conn, soa_from, soa_to, changesets)
                     self._views = None
                     return
-                for i, b in before_views.items():
-                    a = after_views[i]
-                    if a.signature() != b.signature():
-                        extra[i] = b.related_keys() | a.related_keys()
+                extra = changed
             else:
                 before_views = after_views = views
             _fresh(before_views, reader)
@@ -853,3 +839,27 @@ def apply_slice_changes(
         conn.executemany("INSERT OR REPLACE INTO rr VALUES (?, ?, ?, ?, ?, ?)", cs.added)
         conn.execute("UPDATE rr SET rdata = ? WHERE rkey = x'' AND rdtype = 6", (cs.soa_to,))
         _set_meta(conn, "serial", str(cs.serial_to))
+
+
+def _events_touched(views: dict[int, SliceView] | None, keys: Iterable[bytes]) -> bool:
+    """Whether a touched key falls in a range of some slice's special events (then the
+    cached views cannot be reused)."""
+    if views is None:
+        return False
+    return any(e.lab <= k < e.end for v in views.values() for e in v.events for k in keys)
+
+
+def _view_changes(
+    before: dict[int, SliceView], after: dict[int, SliceView]
+) -> dict[int, set[bytes]] | None:
+    """Per slice, the keys related to views whose signature changed; None when the
+    denial mode changed (every slice must then be reset)."""
+    modes = {v.mode for v in before.values()} | {v.mode for v in after.values()}
+    if len(modes) > 1:
+        return None
+    extra: dict[int, set[bytes]] = {}
+    for i, b in before.items():
+        a = after[i]
+        if a.signature() != b.signature():
+            extra[i] = b.related_keys() | a.related_keys()
+    return extra
