@@ -248,21 +248,19 @@ def serve_transfer(responder: Any, wire: bytes, client: Any) -> Iterator[bytes] 
                 got = names[rkey] = key_name(rkey, origin).to_wire()
             return got
 
+        def records(rows: Any) -> Iterator[Any]:
+            if part is not None:
+                for rkey, rdtype, _c, rdata, ttl, orig in rows:
+                    yield owner(rkey), rdtype, ttl, rdata, orig
+            else:
+                for name, rdtype, ttl, rdata in rows:
+                    yield name.to_wire(), rdtype, ttl, rdata, 0
+
         for cs in chain:
             yield apex, T_SOA, soa_ttl, cs.soa_from, 0
-            if part is not None:
-                for rkey, rdtype, _c, rdata, ttl, orig in cs.deleted:
-                    yield owner(rkey), rdtype, ttl, rdata, orig
-            else:
-                for name, rdtype, ttl, rdata in cs.deleted:
-                    yield name.to_wire(), rdtype, ttl, rdata, 0
+            yield from records(cs.deleted)
             yield apex, T_SOA, soa_ttl, cs.soa_to, 0
-            if part is not None:
-                for rkey, rdtype, _c, rdata, ttl, orig in cs.added:
-                    yield owner(rkey), rdtype, ttl, rdata, orig
-            else:
-                for name, rdtype, ttl, rdata in cs.added:
-                    yield name.to_wire(), rdtype, ttl, rdata, 0
+            yield from records(cs.added)
         yield soa_rec
 
     return _stream(enc, diffs(), conn)
