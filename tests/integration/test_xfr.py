@@ -196,6 +196,19 @@ def test_dig_axfr_and_ixfr(cluster: Cluster) -> None:
     # up to date: the SOA alone
     same = dig(f"@{PRIMARY}", "-p", port, "com.", f"IXFR={serial}")
     assert len(same) == 1
+    # several commits behind: one condensed step with each record's net change only
+    nsupdate(PRIMARY, cluster.pport, "update delete ns1.dig-test.com. A\n"
+             "update add ns1.dig-test.com. 3600 A 192.0.2.54")  # fmt: skip
+    nsupdate(PRIMARY, cluster.pport, "update add ns1.dig-test.com. 3600 A 192.0.2.55")
+    newest = cluster.serial()
+    many = dig(f"@{PRIMARY}", "-p", port, "com.", f"IXFR={cluster.serial0}")
+    soas = [ln.split()[6] for ln in many if "\tSOA\t" in ln]
+    assert soas == [str(newest), str(cluster.serial0), str(newest), str(newest)]
+    body = [ln.split("\t")[-1] for ln in many if ln.startswith("ns1.dig-test.com.")]
+    assert sorted(body) == ["192.0.2.54", "192.0.2.55"]
+    step = dig(f"@{PRIMARY}", "-p", port, "com.", f"IXFR={serial}")
+    assert [ln.split("\t")[-1] for ln in step if ln.startswith("ns1.dig-test.com.")] == [
+        "192.0.2.53", "192.0.2.54", "192.0.2.55"]
 
 
 def test_slice_option_contract(cluster: Cluster) -> None:
@@ -223,6 +236,23 @@ def test_transfer_tsig(cluster: Cluster) -> None:
     q.use_tsig(bad, "k1.")
     with pytest.raises(dns.tsig.PeerBadSignature):
         dns.query.tcp(q, PRIMARY, port=cluster.pport, timeout=10)
+
+
+def test_signed_ixfr_over_several_messages_reaches_the_keyed_slice_server(cluster: Cluster) -> None:
+    """A change bigger than one transfer message: the TSIG-keyed slice server verifies every
+    message (RFC 8945 §5.3.1: each MAC chains the one before) and takes the IXFR."""
+    name = dns.name.from_text("aaa-many-txt.com.")
+    assert cluster.plan.slice_for(name) == 0
+    adds = "\n".join(f"update add {name} 300 TXT \"{i:04d} {'x' * 120}\"" for i in range(300))
+    nsupdate(PRIMARY, cluster.pport, adds, "-v")
+    serial = cluster.serial()
+    wait_serial([cluster.slice_addrs[0]], serial)
+    r = dns.query.tcp(dns.message.make_query(name, "TXT"), SLICES[0], port=cluster.sports[0],
+                      timeout=10)  # fmt: skip
+    assert len(r.answer[0]) == 300
+    nsupdate(PRIMARY, cluster.pport, f"update delete {name} TXT", "-v")
+    wait_serial(cluster.slice_addrs, cluster.serial())
+    cluster.check_slices()
 
 
 def shared_glue(cluster: Cluster) -> tuple[dns.name.Name, dict[int, dns.name.Name]]:

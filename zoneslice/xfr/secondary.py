@@ -261,7 +261,7 @@ class SecondaryRole:
                 body = _recv_exact(s, int.from_bytes(head, "big"))
                 r = dns.message.from_wire(
                     body, keyring=self.keyring, request_mac=q.mac if self.keyring else b"",
-                    xfr=True, origin=None, tsig_ctx=tsig_ctx, multi=not first,
+                    xfr=True, origin=None, tsig_ctx=tsig_ctx, multi=True,
                     one_rr_per_rrset=True,
                 )  # fmt: skip
                 if self.keyring is not None:
