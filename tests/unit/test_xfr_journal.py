@@ -105,3 +105,28 @@ def test_notifier_retries_until_answered() -> None:
     assert n.counters == {"sent": 2, "answered": 1, "gave_up": 0}
     assert all(m.opcode() == dns.opcode.NOTIFY for m in seen)
     assert seen[0].answer[0][0].serial == 42 and seen[0].flags & 0x0400
+
+
+def test_condensed_ixfr_equals_the_steps_applied_in_turn() -> None:
+    """RFC 1995 §6 condensation: over random histories, start - deleted + added is the end
+    state, only rows present at the start are deleted and none present are added."""
+    import random
+
+    from zoneslice.xfr.transfer import condense
+
+    rng = random.Random(5)
+    universe = [(f"n{i}".encode(), 1, 0, bytes((i,)), ttl, o)
+                for i in range(12) for ttl in (60, 300) for o in (1, 2)]
+    for _ in range(300):
+        start = set(rng.sample(universe, 8))
+        state = set(start)
+        chain = []
+        for _ in range(rng.randint(1, 6)):
+            gone = [r for r in state if rng.random() < 0.3]
+            free = [r for r in universe if r not in state and r not in gone]
+            come = rng.sample(free, rng.randint(0, 3))
+            state = (state - set(gone)) | set(come)
+            chain.append(journal.SliceChangeset(0, b"", b"", gone, come))
+        deleted, added = condense(chain)
+        assert set(deleted) <= start and not set(added) & start
+        assert (start - set(deleted)) | set(added) == state

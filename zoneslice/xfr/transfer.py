@@ -10,6 +10,7 @@ written by :class:`~zoneslice.xfr.projection.Projector`): REFUSED when there is
 no plan or ``parts`` differs. IXFR comes from the journal (whole zone) or the
 slice journal; when they do not reach the client's serial the answer is in
 AXFR form (RFC 1995 §4), SOA, the full content, SOA.
+An IXFR spanning several commits is condensed into one step (:func:`condense`).
 
 Every response message of a slice transfer carries the option back with one
 more octet per answer record: the record's ``origin`` in the slice table (0 for
@@ -21,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import dns.exception
@@ -256,14 +257,38 @@ def serve_transfer(responder: Any, wire: bytes, client: Any) -> Iterator[bytes] 
                 for name, rdtype, ttl, rdata in rows:
                     yield name.to_wire(), rdtype, ttl, rdata, 0
 
-        for cs in chain:
-            yield apex, T_SOA, soa_ttl, cs.soa_from, 0
-            yield from records(cs.deleted)
-            yield apex, T_SOA, soa_ttl, cs.soa_to, 0
-            yield from records(cs.added)
+        deleted, added = condense(chain)
+        yield apex, T_SOA, soa_ttl, chain[0].soa_from, 0
+        yield from records(deleted)
+        yield apex, T_SOA, soa_ttl, chain[-1].soa_to, 0
+        yield from records(added)
         yield soa_rec
 
     return _stream(enc, diffs(), conn)
+
+
+def condense(chain: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """The net rows deleted and added from the first changeset's start to the last one's end.
+
+    RFC 1995 §6 lets a server condense the steps of an IXFR into one: a secondary
+    many commits behind (NOTIFYs are coalesced) then receives each changed record
+    once, without a SOA pair per commit. Rows are whole tuples (TTL and origin
+    included), as the journals store them, so a TTL change stays a delete and an add.
+    """
+    gone: dict[Any, None] = {}
+    come: dict[Any, None] = {}
+    for cs in chain:
+        for row in cs.deleted:
+            if row in come:
+                del come[row]
+            else:
+                gone[row] = None
+        for row in cs.added:
+            if row in gone:
+                del gone[row]
+            else:
+                come[row] = None
+    return list(gone), list(come)
 
 
 def keyed_responder_factory(keyring: dict, base: Any = None) -> Any:
