@@ -2,9 +2,12 @@
 
 A dnspython parse of a 10-record UPDATE costs ~250 us and rendering the signed
 answer ~180 us: more than applying the update. The writer needs far less: the
-records as (owner, type, class, TTL, uncompressed rdata), the TSIG checked
-(``dns.tsig.validate``), and an answer that echoes the zone section, signed
-with the request's key (``dns.tsig.sign``). Rdata of the common types is taken
+records as (owner, type, class, TTL, uncompressed rdata), the TSIG checked,
+and an answer that echoes the zone section, signed with the request's key.
+TSIG with a full-length HMAC (what nsupdate, Knot and dnspython send) is
+checked and signed here with :mod:`hmac` (RFC 8945 §4.3, §5.2), five times
+cheaper than ``dns.tsig``; truncated MACs, TSIG errors from the peer and other
+algorithms go through ``dns.tsig.validate``/``sign``. Rdata of the common types is taken
 as is (A, AAAA) or decompressed here (NS, CNAME, PTR, DNAME); anything else
 goes through ``dns.rdata.from_wire``, which validates it and removes any
 compression, as a full parse would.
@@ -12,6 +15,8 @@ compression, as a full parse would.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 import time
 from dataclasses import dataclass, field
@@ -37,6 +42,15 @@ _FIXED = {1: 4, 28: 16}
 _HDR = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
 FUDGE = 300
+_HMAC = {
+    dns.tsig.HMAC_MD5: hashlib.md5,
+    dns.tsig.HMAC_SHA1: hashlib.sha1,
+    dns.tsig.HMAC_SHA224: hashlib.sha224,
+    dns.tsig.HMAC_SHA256: hashlib.sha256,
+    dns.tsig.HMAC_SHA384: hashlib.sha384,
+    dns.tsig.HMAC_SHA512: hashlib.sha512,
+}
+_TSIG_TAIL = struct.Struct("!HIHH")
 
 
 class Rec:
@@ -77,7 +91,8 @@ class Update:
     updates: list[Rec]
     zone_end: int
     key: dns.tsig.Key | None = None
-    tsig: dns.rdtypes.ANY.TSIG.TSIG | None = None
+    mac: bytes | None = None
+    """The request's TSIG MAC (the answer's digest starts with it)."""
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -176,7 +191,7 @@ def parse_update(wire: bytes, keyring: Keyring | None, *, now: float | None = No
                     raise dns.exception.FormError(f"type {rdtype} outside the additional section")
                 sections[sec].append(Rec(nm, rdtype, rdclass, ttl, _rdata(wire, pos, rdtype, rdlen)))
                 pos += rdlen
-        key = tsig = None
+        key = mac = None
         for i in range(adcount):
             start = pos
             nm, pos = name_at(pos)
@@ -188,18 +203,72 @@ def parse_update(wire: bytes, keyring: Keyring | None, *, now: float | None = No
                 if i != adcount - 1 or rdclass != ANY or ttl != 0:
                     raise dns.exception.FormError("misplaced or malformed TSIG")
                 if keyring is not None:
-                    tsig = dns.rdata.from_wire(ANY, T_TSIG, wire, pos, rdlen)
                     key = keyring.get(nm)
                     if key is None:
                         raise dns.message.UnknownTSIGKey(f"unknown key {nm}")
-                    dns.tsig.validate(wire, key, nm, tsig, int(time.time() if now is None else now),
-                                      b"", start)
+                    clock = int(time.time() if now is None else now)
+                    mac = _verify_hmac(wire, key, start, pos, rdlen, clock)
+                    if mac is None:
+                        tsig = dns.rdata.from_wire(ANY, T_TSIG, wire, pos, rdlen)
+                        dns.tsig.validate(wire, key, nm, tsig, clock, b"", start)
+                        mac = tsig.mac
             pos += rdlen
         if pos != n:
             raise dns.message.TrailingJunk
     except (IndexError, struct.error) as exc:
         raise dns.exception.FormError(f"truncated message ({exc})") from None
-    return Update(ident, flags, zone, sections[0], sections[1], zone_end, key, tsig)
+    return Update(ident, flags, zone, sections[0], sections[1], zone_end, key, mac)
+
+
+def _verify_hmac(
+    wire: bytes, key: dns.tsig.Key, start: int, pos: int, rdlen: int, now: int
+) -> bytes | None:
+    """The request's MAC when it checks out (RFC 8945 §5.2: MAC, then time); raises
+    BadSignature or BadTime; None when ``dns.tsig`` must decide (a truncated MAC,
+    an error set by the peer, an algorithm other than HMAC, another key's
+    algorithm)."""
+    digest = _HMAC.get(key.algorithm)
+    if digest is None:
+        return None
+    end = pos + rdlen
+    labels, p = _name(wire, pos)
+    if dns.name.Name(labels) != key.algorithm or p + 10 > end:
+        return None
+    time_hi, time_lo, fudge, size = _TSIG_TAIL.unpack_from(wire, p)
+    mac = wire[p + 10 : p + 10 + size]
+    q = p + 10 + size
+    if size != digest().digest_size or q + 6 > end:
+        return None
+    orig_id, error, olen = struct.unpack_from("!HHH", wire, q)
+    if error or q + 6 + olen != end:
+        return None
+    h = hmac.new(key.secret, digestmod=digest)
+    h.update(struct.pack("!H", orig_id) + wire[2:10])
+    h.update(struct.pack("!H", struct.unpack_from("!H", wire, 10)[0] - 1))
+    h.update(wire[12:start])
+    h.update(key.name.to_digestable() + b"\x00\xff\x00\x00\x00\x00")
+    h.update(key.algorithm.to_digestable() + wire[p : p + 8] + wire[q + 2 : end])
+    if not hmac.compare_digest(h.digest(), mac):
+        raise dns.tsig.BadSignature
+    if abs(((time_hi << 32) | time_lo) - now) > fudge:
+        raise dns.tsig.BadTime
+    return mac
+
+
+def _sign_hmac(key: dns.tsig.Key, ident: int, out: bytes, request_mac: bytes, now: int) -> bytes | None:
+    """TSIG rdata for the answer ``out`` (RFC 8945 §4.3.1 with the request's MAC), or None
+    when ``dns.tsig`` must sign it."""
+    digest = _HMAC.get(key.algorithm)
+    if digest is None:
+        return None
+    signed = struct.pack("!HIH", (now >> 32) & 0xFFFF, now & 0xFFFFFFFF, FUDGE)
+    h = hmac.new(key.secret, digestmod=digest)
+    h.update(struct.pack("!H", len(request_mac)) + request_mac + out)
+    h.update(key.name.to_digestable() + b"\x00\xff\x00\x00\x00\x00")
+    h.update(key.algorithm.to_digestable() + signed + b"\x00\x00\x00\x00")
+    mac = h.digest()
+    return (key.algorithm.to_wire() + signed + struct.pack("!H", len(mac)) + mac
+            + struct.pack("!HHH", ident, 0, 0))  # fmt: skip
 
 
 def response(upd: Update, wire: bytes, rcode: int) -> bytes:
@@ -207,12 +276,14 @@ def response(upd: Update, wire: bytes, rcode: int) -> bytes:
     flags = 0x8000 | (upd.flags & 0x7900) | (rcode & 0xF)
     zocount = len(upd.zone)
     out = _HDR.pack(upd.ident, flags, zocount, 0, 0, 0) + wire[12 : upd.zone_end]
-    if upd.key is None or upd.tsig is None:
+    if upd.key is None or upd.mac is None:
         return out
     key = upd.key
-    tmpl = dns.rdtypes.ANY.TSIG.TSIG(ANY, T_TSIG, key.algorithm, 0, FUDGE, b"", upd.ident, 0, b"")
-    signed = dns.tsig.sign(out, key, tmpl, int(time.time()), upd.tsig.mac)[0]
-    rdata = signed.to_wire()
+    now = int(time.time())
+    rdata = _sign_hmac(key, upd.ident, out, upd.mac, now)
+    if rdata is None:
+        tmpl = dns.rdtypes.ANY.TSIG.TSIG(ANY, T_TSIG, key.algorithm, 0, FUDGE, b"", upd.ident, 0, b"")
+        rdata = dns.tsig.sign(out, key, tmpl, now, upd.mac)[0].to_wire()
     return (
         _HDR.pack(upd.ident, flags, zocount, 0, 0, 1)
         + wire[12 : upd.zone_end]
