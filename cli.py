@@ -27,6 +27,8 @@ from rich.table import Table
 
 from zoneslice import errors
 
+COMMIT_DELAY = 0.005
+
 
 class ExitStatus(IntEnum):
     OK = 0
@@ -539,7 +541,7 @@ def _node_role(args: argparse.Namespace, source: object):
     return primary_role_factory(
         resolve_source(source), ring, grants=args.update_grant, allow_unsigned=args.allow_update,
         serial_policy=args.serial_policy, notify=[parse_listen(x) for x in args.notify],
-        notify_delay=args.notify_delay,
+        notify_delay=args.notify_delay, commit_delay=args.commit_delay,
         **_xfr_primary_options(args, source),
     )  # fmt: skip
 
@@ -690,6 +692,9 @@ def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
                    help="secondary to NOTIFY after each committed UPDATE (repeatable)")
     p.add_argument("--notify-delay", type=float, default=0.1, metavar="SECONDS",
                    help="at most one NOTIFY per this interval, with the latest serial (default 0.1)")
+    p.add_argument("--commit-delay", type=float, default=COMMIT_DELAY, metavar="SECONDS",
+                   help="let a commit of fewer than 8 updates wait this long for more to join it "
+                        f"(group commit at a trickle of updates; 0 = never wait; default {COMMIT_DELAY})")
     # replication (issue 4, helper A)
     p.add_argument("--slice-plan", metavar="MANIFEST",
                    help="primary: project each commit onto this N-part manifest's slices (slice IXFR)")
