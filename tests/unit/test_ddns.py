@@ -610,3 +610,43 @@ def test_tsig_checked_and_signed_as_dnspython_does(alg: str) -> None:
     struct.pack_into("!H", cut, rs - 2, struct.unpack_from("!H", wire, rs - 2)[0] - size // 2)
     with pytest.raises(dns.tsig.BadSignature):
         parse_update(bytes(cut), ring)
+
+
+def test_commit_delay_groups_a_trickle_and_a_full_group_goes_at_once(db: Path) -> None:
+    """Updates arriving a few ms apart share one commit when --commit-delay lets the group
+    wait; a group that reaches commit_group goes at once; stop() applies what waits."""
+    policy = UpdatePolicy.from_grants("example.", KEYRING, [], ["127.0.0.0/8"])
+    role = PrimaryRole(KEYRING, policy, commit_delay=0.2, commit_group=4)
+    loop = asyncio.new_event_loop()
+    client = ("127.0.0.1", 5300)
+
+    def wire(i: int) -> bytes:
+        u = new()
+        u.add(f"trickle{i}", 300, "A", f"192.0.2.{i + 1}")
+        return u.to_wire()
+
+    async def trickle(n: int, gap: float) -> list[bytes | None]:
+        tasks = []
+        for i in range(n):
+            tasks.append(asyncio.ensure_future(role.handle(wire(i), client, False)))
+            await asyncio.sleep(gap)
+        return await asyncio.gather(*tasks)
+
+    try:
+        loop.run_until_complete(role.start(NodeContext(db, None, [])))
+        counters = role.queue.counters
+        t = time.monotonic()
+        answers = loop.run_until_complete(trickle(3, 0.01))
+        assert all(dns.message.from_wire(a).rcode() == dns.rcode.NOERROR for a in answers)
+        assert counters["commits"] == 1 and counters["updates"] == 3
+        assert time.monotonic() - t >= 0.2
+        t = time.monotonic()
+        loop.run_until_complete(trickle(4, 0.0))
+        assert counters["commits"] == 2 and time.monotonic() - t < 0.15
+        late = asyncio.ensure_future(role.handle(wire(9), client, False), loop=loop)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.run_until_complete(role.stop())
+        assert dns.message.from_wire(loop.run_until_complete(late)).rcode() == dns.rcode.NOERROR
+    finally:
+        loop.close()
+    assert rrset(db, "trickle9.example.", "A") == {("192.0.2.10", 300)}
