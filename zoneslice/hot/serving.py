@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import marshal
 import os
 import shutil
 import signal
@@ -71,6 +72,10 @@ class Hot:
     (re-ranking) and the writer process (:meth:`on_update` after each commit) never
     work from stale copies: each re-reads the index when another wrote it. A
     SQLite connection never crosses a fork: each process opens its own Responder.
+
+    While a secondary's zone is expired (meta ``expired``), the maps hold nothing:
+    the loaded keys are parked in ``state_dir/parked.marshal`` and installed again,
+    learnt from the data then committed, by the first commit hook after recovery.
     """
 
     def __init__(
@@ -117,6 +122,48 @@ class Hot:
     @property
     def _index(self) -> Path:
         return self.state_dir / "index.marshal"
+
+    @property
+    def _parked(self) -> Path:
+        return self.state_dir / "parked.marshal"
+
+    def zone_expired(self) -> bool:
+        """Whether the slice is an expired secondary zone (nothing may be answered from it)."""
+        return read_meta(self.responder().conn).get("expired") == "1"
+
+    def _read_parked(self) -> dict[tuple[str, bytes, int], int]:
+        try:
+            return marshal.loads(self._parked.read_bytes())
+        except FileNotFoundError:
+            return {}
+
+    def _park(self, hs: HotSet, more: Iterable[tuple[Any, int]] = ()) -> int:
+        """Empty the maps, remembering what was loaded (and ``more``) for after recovery.
+        Call with the file lock held."""
+        parked = self._read_parked()
+        for k, count in [*((k, v.count) for k, v in hs.loaded.items()), *more]:
+            parked[(k[0], k[1], int(k[2]))] = int(count)
+        tmp = self.state_dir / f".parked.{os.getpid()}.tmp"
+        tmp.write_bytes(marshal.dumps(parked))
+        os.replace(tmp, self._parked)
+        n = len(hs.loaded)
+        hs.drop(list(hs.loaded))
+        self.stats["parked"] = len(parked)
+        return n
+
+    def _unpark(self, hs: HotSet) -> int:
+        """Load the keys parked while the zone was expired; returns how many were loaded."""
+        parked = self._read_parked()
+        if not parked:
+            return 0
+        ranked = [(k, v.count) for k, v in hs.loaded.items()]
+        ranked += [(k, c) for k, c in parked.items() if k not in hs.loaded]
+        ranked.sort(key=lambda kc: -kc[1])
+        st = hs.install(ranked)
+        self._parked.unlink(missing_ok=True)
+        self.stats["parked"] = 0
+        log.info("zone no longer expired: %d hot keys loaded again", st["loaded"])
+        return st["loaded"]
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[HotSet]:
@@ -167,13 +214,19 @@ class Hot:
 
         Runs in whichever process committed (the node's writer), after the commit and
         before the acks; returns how many keys were relearned or patched
-        (:meth:`HotSet.on_commit`). None: reload all.
+        (:meth:`HotSet.on_commit`). None: reload all. An expired zone (a secondary
+        that lost its primary) empties the maps; the first call after recovery
+        refills them.
         """
         if changed is not None:
             changed = {n.derelativize(self.origin) for n in changed}  # journal names are relative
         with self.shared() as hs:
             try:
-                n = hs.on_commit(changed)
+                if self.zone_expired():
+                    n = self._park(hs)
+                    log.warning("zone expired: %d hot keys removed from the maps", n)
+                    return 0
+                n = hs.on_commit(changed) + self._unpark(hs)
             except Exception:  # noqa: BLE001 - whatever failed, no stale answer may stay
                 keys = hs.affected(changed)
                 log.exception("updating the hot set failed; removing %d keys", len(keys))
@@ -187,9 +240,13 @@ class Hot:
             return n
 
     def install(self, counts: Counter[tuple[bytes, int]], top: int) -> dict[str, int]:
-        """Load the ``top`` keys of ``counts`` (the start of serving)."""
+        """Load the ``top`` keys of ``counts`` (the start of serving); none while expired."""
         with self.shared() as hs:
-            return hs.install(hs.rank(counts, top))
+            ranked = hs.rank(counts, top)
+            if self.zone_expired():
+                self._park(hs, ranked)
+                return {"parked": len(ranked), "loaded": 0}
+            return hs.install(ranked)
 
     def refresh(self, counts: Counter[tuple[bytes, int]], top: int) -> dict[str, int]:
         """Promote what became hot, evict what cooled.
@@ -207,6 +264,9 @@ class Hot:
 
         with self._tlock:
             r = self.responder()
+            if self.zone_expired():
+                self.last_refresh = {"skipped_expired": 1}
+                return self.last_refresh
             seq = journal.last_seq(r.conn)
             r.invalidate(None)
             self._sync()
@@ -233,6 +293,9 @@ class Hot:
             learned = hs.learn(k for k, _ in ranked if k not in hs.loaded)
             with self._file_lock():
                 self._sync()
+                if self.zone_expired():  # it expired while the new keys were learnt
+                    self.last_refresh = {"skipped_expired": 1}
+                    return self.last_refresh
                 before = hs.version
                 try:
                     names, _ = journal.names_since(r.conn, seq)

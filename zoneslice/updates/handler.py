@@ -13,6 +13,11 @@ with the value it last saw and, on a change, drops the cached answers of every
 name the new journal entries touched. ``PRAGMA data_version`` would say the same
 but costs a SQLite call per query (measured 7-15 us against a 3 us cache hit).
 The updates package does not import the engine: the Responder is passed in.
+
+A secondary whose zone expired (meta ``expired`` = '1', set by
+:class:`~zoneslice.xfr.secondary.SecondaryRole` with a commit signal) answers
+every query SERVFAIL until a refresh succeeds; the flag is read at start and on
+each signal change, so the per-query cost stays one mapped-file read.
 """
 
 from __future__ import annotations
@@ -130,6 +135,39 @@ class UpdateGate:
         return upd, allowed
 
 
+def _question_end(wire: bytes) -> int:
+    """Offset just past the (uncompressed) single question, or 0."""
+    if wire[4:6] != b"\x00\x01":
+        return 0
+    p, n = 12, len(wire)
+    while p < n:
+        ln = wire[p]
+        if ln == 0:
+            p += 5
+            return p if p <= n else 0
+        if ln > 63:
+            return 0
+        p += ln + 1
+    return 0
+
+
+def expired_answer(wire: bytes) -> bytes | None:
+    """SERVFAIL for a query to an expired zone: ID, opcode, RD and question kept, no AA."""
+    if len(wire) < 12 or wire[2] & 0x80:
+        return None
+    ident, flags = struct.unpack_from("!HH", wire)
+    end = _question_end(wire)
+    head = struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7900) | dns.rcode.SERVFAIL,
+                       1 if end else 0, 0, 0, 0)  # fmt: skip
+    return head + wire[12:end]
+
+
+def read_expired(conn: sqlite3.Connection) -> bool:
+    """Whether meta says the zone expired (a secondary that lost its primary too long)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'expired'").fetchone()
+    return row is not None and row[0] == "1"
+
+
 class WatchedResponder:
     """A Responder that notices commits made by the writer (another process)."""
 
@@ -140,6 +178,7 @@ class WatchedResponder:
         self.signal = CommitSignal(inner.path)
         self._seen = self.signal.value()
         self._seq = journal.last_seq(self._conn)
+        self.expired = read_expired(self._conn)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -151,6 +190,7 @@ class WatchedResponder:
         if seen == self._seen:
             return
         self._seen = seen
+        self.expired = read_expired(self._conn)
         names, self._seq = journal.names_since(self._conn, self._seq)
         c = self.inner.counters
         if names is not None and self.origin not in names:
@@ -167,12 +207,21 @@ class WatchedResponder:
         c[key] = c.get(key, 0) + 1
         self.inner.invalidate(names)
 
+    def _expired(self, wire: bytes) -> bytes | None:
+        c = self.inner.counters
+        c["expired_servfail"] = c.get("expired_servfail", 0) + 1
+        return expired_answer(wire)
+
     def respond(self, wire: bytes, *, tcp: bool, client: Any = None) -> bytes | None:
         self.refresh()
+        if self.expired:
+            return self._expired(wire)
         return self.inner.respond(wire, tcp=tcp, client=client)
 
-    def axfr(self, query_wire: bytes, client: Any) -> Iterator[bytes] | bytes:
+    def axfr(self, query_wire: bytes, client: Any) -> Iterator[bytes] | bytes | None:
         self.refresh()
+        if self.expired:
+            return self._expired(query_wire)
         return self.inner.axfr(query_wire, client)
 
     def invalidate(self, names: Iterable[dns.name.Name] | None = None) -> None:

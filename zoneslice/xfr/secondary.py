@@ -14,6 +14,15 @@ IXFR that does not fit (a record to delete is missing) is retried as AXFR. A
 full load replaces every row and resets the journal (workers drop everything).
 Only after the commit are the commit hooks run (caches, XDP maps).
 
+The SOA expire timer (RFC 1035 §3.3.13): meta ``refreshed_at`` holds the unix
+time of the last check that reached the primary (written with the transfer, or
+in its own small transaction when no transfer was needed); a database without
+it counts as refreshed when the role starts. Once EXPIRE seconds have passed
+(checked at start and at the expiry moment, not only on the retry timer) meta
+``expired`` is set to '1' and the hooks run with None: workers answer SERVFAIL
+and the XDP maps are emptied, as BIND, NSD and Knot stop serving an expired
+zone. The retry timer keeps trying; the next successful check clears the flag.
+
 UPDATEs are forwarded to the primary as received (RFC 2136 §6: the TSIG-signed
 wire untouched, same ID) over TCP, or UDP when they came over UDP and fit;
 the primary's answer is relayed as is.
@@ -61,6 +70,21 @@ PAUSE_ENV = "ZONESLICE_XFR_APPLY_PAUSE"
 """Seconds to sleep inside the apply transaction, before COMMIT (crash tests only)."""
 
 
+EXPIRED_KEY = "expired"
+REFRESHED_KEY = "refreshed_at"
+
+
+def time_to_expire(refreshed_at: float, expire: int, now: float) -> float:
+    """Seconds left before the zone expires; <= 0 means it has expired."""
+    return refreshed_at + expire - now
+
+
+def next_wake(refresh_left: float, to_expire: float, expired: bool) -> float:
+    """How long the timer sleeps: until the next refresh/retry, or the expiry moment if sooner."""
+    wait = refresh_left if expired else min(refresh_left, to_expire)
+    return max(0.0, wait)
+
+
 class TransferError(ZonesliceError):
     """The zone transfer failed or did not verify."""
 
@@ -96,7 +120,12 @@ class SecondaryRole:
         self.counters: dict[str, Any] = {
             "serial": 0, "checks": 0, "ixfr": 0, "axfr": 0, "failures": 0, "notify": 0,
             "forwarded": 0, "forward_failed": 0, "last_error": "",
+            "expired": False, "refreshed_at": 0.0, "expirations": 0,
         }  # fmt: skip
+        self.expired = False
+        self.refreshed_at = 0.0
+        self.expire = 0
+        self._stamp = 0.0
         self.ctx: Any = None
         self.conn: sqlite3.Connection | None = None
         self._wake: asyncio.Event | None = None
@@ -117,6 +146,19 @@ class SecondaryRole:
         plan = SlicePlan.from_bounds_text(meta["origin"], [""] + meta.get("bounds", "").split())
         self.lo_key, self.hi_key = first_label_bounds(*plan.range_of(self.index))
         self.counters["serial"] = self.serial()
+        self.expire = _soa_fields(self._our_soa())[3]
+        now = time.time()
+        if REFRESHED_KEY in meta:
+            self.refreshed_at = float(meta[REFRESHED_KEY])
+        else:
+            self.refreshed_at = now
+            self._write_meta({REFRESHED_KEY: _stamp_text(now)})
+        self.expired = meta.get(EXPIRED_KEY) == "1"
+        self._show()
+        if self.expired:
+            ctx.committed(None)
+        elif time_to_expire(self.refreshed_at, self.expire, now) <= 0:
+            self._expire()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self.transferred = asyncio.Event()
@@ -162,19 +204,31 @@ class SecondaryRole:
         return resp.to_wire()
 
     async def _timer(self) -> None:
-        delay = 0.0
+        due = time.monotonic()
         while True:
             assert self._wake is not None
+            to_expire = time_to_expire(self.refreshed_at, self.expire, time.time())
+            wait = next_wake(due - time.monotonic(), to_expire, self.expired)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
+            woke = self._wake.is_set()
             self._wake.clear()
-            ok = await self.refresh_now()
-            soa = self._our_soa()
-            _serial, refresh, retry, _expire, _min = _soa_fields(soa)
-            if self.refresh_override is not None:
-                refresh = retry = self.refresh_override
-            delay = float(refresh if ok else min(retry, refresh))
+            if woke or time.monotonic() >= due:
+                ok = await self.refresh_now()
+                soa = self._our_soa()
+                _serial, refresh, retry, _expire, _min = _soa_fields(soa)
+                if self.refresh_override is not None:
+                    refresh = retry = self.refresh_override
+                due = time.monotonic() + float(refresh if ok else min(retry, refresh))
+            if not self.expired and time_to_expire(self.refreshed_at, self.expire, time.time()) <= 0:
+                await self.expire_now()
+
+    async def expire_now(self) -> None:
+        """Mark the zone expired if EXPIRE has passed since the last successful check."""
+        assert self._lock is not None
+        async with self._lock:
+            await asyncio.to_thread(self._expire)
 
     async def refresh_now(self) -> bool:
         """Check the primary's serial and transfer if it is newer; False on failure."""
@@ -199,19 +253,72 @@ class SecondaryRole:
         try:
             ours = self.serial()
             theirs = self._primary_serial()
+            self._stamp = time.time()
             if not serial_gt(theirs, ours):
+                self._checked()
                 return True
             try:
-                self._transfer(dns.rdatatype.IXFR, ours)
+                applied = self._transfer(dns.rdatatype.IXFR, ours)
             except TransferError as exc:
                 log.warning("IXFR from %s:%d failed (%s); trying AXFR", *self.primary, exc)
-                self._transfer(dns.rdatatype.AXFR, ours)
+                applied = self._transfer(dns.rdatatype.AXFR, ours)
+            if not applied:
+                self._checked()
             return True
         except Exception as exc:  # noqa: BLE001 - the timer retries; the data stays as it was
             self.counters["failures"] += 1
             self.counters["last_error"] = f"{type(exc).__name__}: {exc}"
             log.warning("refresh from %s:%d failed: %s", *self.primary, exc)
             return False
+
+    # ---- the expire timer's state (meta refreshed_at / expired)
+
+    def _show(self) -> None:
+        self.counters["expired"] = self.expired
+        self.counters["refreshed_at"] = self.refreshed_at
+
+    def _write_meta(self, values: dict[str, str | None]) -> None:
+        """One small transaction setting (or deleting, for None) meta keys."""
+        conn = self.conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _put_meta(conn, values)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    def _refreshed(self) -> bool:
+        """After the commit that stamped ``refreshed_at``; True when that ended an expiry."""
+        was = self.expired
+        self.refreshed_at = self._stamp
+        self.expire = _soa_fields(self._our_soa())[3]
+        self.expired = False
+        self._show()
+        if was:
+            log.warning("zone %s no longer expired: the primary %s:%d answered",
+                        self.origin, *self.primary)  # fmt: skip
+        return was
+
+    def _checked(self) -> None:
+        """A check reached the primary and needed no transfer: stamp it, end any expiry."""
+        self._write_meta({REFRESHED_KEY: _stamp_text(self._stamp), EXPIRED_KEY: None})
+        if self._refreshed():
+            self.ctx.committed(None)
+
+    def _expire(self) -> None:
+        now = time.time()
+        if self.expired or time_to_expire(self.refreshed_at, self.expire, now) > 0:
+            return
+        self._write_meta({EXPIRED_KEY: "1"})
+        self.expired = True
+        self.counters["expirations"] += 1
+        self._show()
+        log.warning("zone %s expired: no successful refresh from %s:%d for %.0f s (SOA expire %d)",
+                    self.origin, *self.primary, now - self.refreshed_at, self.expire)  # fmt: skip
+        self.ctx.committed(None)
 
     def _sign(self, msg: dns.message.Message) -> None:
         if self.keyring is not None and self.keyname is not None:
@@ -333,7 +440,8 @@ class SecondaryRole:
         covers = covers_of(rdtype, rdata)
         return key, rdtype, covers, rdata, ttl, o if o else self._origin(key, rdtype, covers)
 
-    def _transfer(self, rdtype: int, ours: int) -> None:
+    def _transfer(self, rdtype: int, ours: int) -> bool:
+        """Fetch and apply; False when the answer was only the SOA (nothing to apply)."""
         q = self._request(rdtype, ours)
         recs = list(self._receive(q))
         if not recs or recs[0][1] != T_SOA:
@@ -343,7 +451,7 @@ class SecondaryRole:
         if len(recs) == 1:
             if serial_gt(new_serial, ours):
                 raise TransferError("single SOA answer for a newer serial")
-            return
+            return False
         if recs[-1][1] != T_SOA or _soa_fields(recs[-1][3])[0] != new_serial:
             raise TransferError("the transfer does not end with the new SOA")
         incremental = (
@@ -358,6 +466,7 @@ class SecondaryRole:
             self._apply_axfr(recs)
             self.counters["axfr"] += 1
         self.counters["serial"] = new_serial
+        return True
 
     def _apply_ixfr(self, recs: list[Rec], ours: int, new_serial: int) -> None:
         steps: list[tuple[bytes, list[Rec], bytes, list[Rec]]] = []
@@ -417,7 +526,7 @@ class SecondaryRole:
                 conn.execute("ROLLBACK")
             raise
         names = {r[0] for r in gone} | {r[0] for r in come} | {self.origin}
-        self.ctx.committed(names)
+        self.ctx.committed(None if self._refreshed() else names)
 
     def _apply_axfr(self, recs: list[Rec]) -> None:
         conn = self.conn
@@ -437,6 +546,7 @@ class SecondaryRole:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+        self._refreshed()
         self.ctx.committed(None)
 
     def _finish(self, conn: sqlite3.Connection, soa: Rec) -> None:
@@ -444,6 +554,7 @@ class SecondaryRole:
                      (soa[3], soa[2]))  # fmt: skip
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('serial', ?)",
                      (str(_soa_fields(soa[3])[0]),))  # fmt: skip
+        _put_meta(conn, {REFRESHED_KEY: _stamp_text(self._stamp), EXPIRED_KEY: None})
 
     # ---- UPDATE forwarding (RFC 2136 §6)
 
@@ -468,6 +579,18 @@ class SecondaryRole:
             return _header(wire, dns.rcode.SERVFAIL)
         self.counters["forwarded"] += 1
         return wire[:2] + out[2:] if len(out) >= 12 else _header(wire, dns.rcode.SERVFAIL)
+
+
+def _stamp_text(t: float) -> str:
+    return f"{t:.3f}"
+
+
+def _put_meta(conn: sqlite3.Connection, values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
 def _pause() -> None:
