@@ -6,17 +6,14 @@ core) and hands what passes to the one writer process (see
 for each as it arrives. Whatever arrived in one turn of the loop is applied by
 :meth:`UpdateQueue.apply_batch` in one transaction and one fsync (group commit),
 in the loop's own thread: a separate commit thread would make ~15 short SQLite
-calls per update, each waiting for the GIL. After the commit the node's commit
-hooks run (``ctx.committed``: workers' caches, XDP maps); a thread fsyncs the
-WAL (:meth:`UpdateQueue.sync`) while the loop applies the next group, and only
-then are the group's answers released and the secondaries notified of the
-serial it reached.
+calls per update, each waiting for the GIL. After the commit, still before any
+of the group's answers leaves, the node's commit hooks run (``ctx.committed``:
+workers' caches, XDP maps); then the secondaries are notified of the new serial.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import inspect
 import logging
@@ -82,8 +79,6 @@ class PrimaryRole:
         self.commit_delay = commit_delay
         self.commit_group = commit_group
         self._delayed: asyncio.TimerHandle | None = None
-        self._syncer: concurrent.futures.ThreadPoolExecutor | None = None
-        self._syncing: set[asyncio.Future[None]] = set()
         self.notifier_options = dict(notifier_options or {})
         self.notify_delay = notify_delay
         self._notify_serial: int | None = None
@@ -116,9 +111,7 @@ class PrimaryRole:
             max_batch=self.max_batch,
             on_commit=self._committed,
             in_transaction=self.in_transaction,
-            deferred_sync=True,
         )
-        self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zoneslice-fsync")
         self.queue.checkpoint_in_background()
         self.counters["queue"] = self.queue.counters
         if self.notify:
@@ -244,51 +237,20 @@ class PrimaryRole:
             self._loop.call_soon(self._drain)
         if not jobs:
             return
-        assert self.queue is not None and self._loop is not None
+        assert self.queue is not None
         try:
-            results = self.queue.apply_batch_unsynced(jobs)
-            serial = self._serial() if any(r.changeset is not None for r in results) else None
+            results = self.queue.apply_batch(jobs)
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
             _fail(jobs, exc)
-            return
-        synced = self._loop.run_in_executor(self._syncer, self.queue.sync)
-        self._syncing.add(synced)
-        synced.add_done_callback(functools.partial(self._synced, jobs, results, serial))
-
-    def _synced(self, jobs: list[Job], results: list[Any], serial: int | None,
-                synced: asyncio.Future[None]) -> None:
-        """The group's commit is on disk: release its answers, then NOTIFY its serial."""
-        self._syncing.discard(synced)
-        exc = None if synced.cancelled() else synced.exception()
-        if synced.cancelled() or exc is not None:
-            log.error("fsync of the WAL failed: %r", exc)
-            _fail(jobs, exc or RuntimeError("fsync cancelled"))
             return
         for job, res in zip(jobs, results, strict=True):
             if not job.future.done():
                 job.future.set_result(res)
-        if serial is not None and self.notifier is not None and self._loop is not None:
-            self._notify_serial = serial
-            if self._notify_timer is None:
-                wait = max(0.0, self._notified_at + self.notify_delay - self._loop.time())
-                self._notify_timer = self._loop.call_later(wait, self._notify)
-
-    def _serial(self) -> int | None:
-        assert self.queue is not None
-        row = self.queue.conn.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()
-        return int(row[0]) if row is not None else None
 
     async def stop(self) -> None:
         if self._delayed is not None:
             self._delayed.cancel()
             self._drain()
-        while self._pending:
-            self._drain()
-        if self._syncing:
-            await asyncio.wait(set(self._syncing))
-        if self._syncer is not None:
-            self._syncer.shutdown()
-            self._syncer = None
         if self._notify_timer is not None:
             self._notify_timer.cancel()
             self._notify()
@@ -304,6 +266,15 @@ class PrimaryRole:
 
     def _committed(self, names: set[dns.name.Name]) -> None:
         self.ctx.committed(names)
+        if self.notifier is None or self.queue is None or self._loop is None:
+            return
+        row = self.queue.conn.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()
+        if row is None:
+            return
+        self._notify_serial = int(row[0])
+        if self._notify_timer is None:
+            wait = max(0.0, self._notified_at + self.notify_delay - self._loop.time())
+            self._notify_timer = self._loop.call_later(wait, self._notify)
 
     def _notify(self) -> None:
         self._notify_timer = None

@@ -6,12 +6,6 @@ message inside its own SAVEPOINT so a refused one rolls back alone
 (:func:`zoneslice.updates.ddns.process`). The transaction commits in WAL mode
 with ``synchronous=FULL`` (fsync) before any of the group's futures resolve, so
 an answer is never sent for a change that is not on disk (RFC 2136 §3.5).
-
-With ``deferred_sync`` the COMMIT itself does not fsync (``synchronous=NORMAL``)
-and :meth:`UpdateQueue.sync` fsyncs the WAL file afterwards, before the answers
-go: the same durability (the commit frames are on disk before any answer; SQLite
-syncs the WAL header itself whenever it restarts the log), but the primary can
-apply the next group while the disk flushes the last one.
 """
 
 from __future__ import annotations
@@ -43,16 +37,15 @@ CHECKPOINT_PAGES = 4000
 CHECKPOINT_EVERY = 0.25
 
 
-def connect_writer(path: str | os.PathLike[str], *, synchronous: str = "FULL") -> sqlite3.Connection:
-    """A read-write connection in autocommit mode (transactions are explicit), WAL, fsync on
-    commit (``synchronous="NORMAL"``: the caller fsyncs the WAL, :meth:`UpdateQueue.sync`)."""
+def connect_writer(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A read-write connection in autocommit mode (transactions are explicit), WAL, fsync on commit."""
     p = Path(path)
     if not p.exists():
         raise StoreError(f"{p}: no such slice database")
     conn = sqlite3.connect(str(p), isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA synchronous=FULL")
     journal.ensure_table(conn)
     return conn
 
@@ -121,14 +114,11 @@ class UpdateQueue:
         max_batch: int = 256,
         on_commit: Callable[[set[dns.name.Name]], None] | None = None,
         in_transaction: Callable[[sqlite3.Connection, list[journal.Changeset]], None] | None = None,
-        deferred_sync: bool = False,
     ) -> None:
         if serial_policy not in ddns.SERIAL_POLICIES:
             raise ValueError(f"serial policy must be one of {ddns.SERIAL_POLICIES}")
         self.path = Path(slice_db)
-        self.deferred_sync = deferred_sync
-        self.conn = connect_writer(self.path, synchronous="NORMAL" if deferred_sync else "FULL")
-        self._wal_fd: int | None = None
+        self.conn = connect_writer(self.path)
         self.signal = CommitSignal(self.path)
         self.zone = ddns.Zone.from_conn(self.conn)
         self.serial_policy = serial_policy
@@ -136,8 +126,7 @@ class UpdateQueue:
         self.on_commit = on_commit
         self.in_transaction = in_transaction
         self.counters = {"updates": 0, "commits": 0, "changed": 0, "refused": 0, "max_group": 0,
-                         "process_us": 0, "project_us": 0, "commit_us": 0, "hooks_us": 0,
-                         "syncs": 0, "sync_us": 0}
+                         "process_us": 0, "project_us": 0, "commit_us": 0, "hooks_us": 0}
         self._q: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -146,31 +135,8 @@ class UpdateQueue:
     # ---- synchronous core (also what tests drive)
 
     def apply_batch(self, jobs: list[Job]) -> list[ddns.UpdateResult]:
-        """Apply ``jobs`` in one transaction and commit, durably; one result per job, in order."""
-        staged = self._commit_batch(jobs)
-        self.sync()
-        return self._finish_batch(staged)
-
-    def apply_batch_unsynced(self, jobs: list[Job]) -> list[ddns.UpdateResult]:
-        """As :meth:`apply_batch`, hooks included, but with ``deferred_sync`` the commit is
-        not yet durable: call :meth:`sync` before releasing any answer."""
+        """Apply ``jobs`` in one transaction and commit; one result per job, in order."""
         return self._finish_batch(self._commit_batch(jobs))
-
-    def sync(self) -> None:
-        """Make every commit so far durable: with ``deferred_sync``, fsync the WAL file (what
-        ``synchronous=FULL`` does inside each COMMIT); thread-safe, no SQLite call."""
-        if not self.deferred_sync:
-            return
-        wal = f"{self.path}-wal"
-        fd = self._wal_fd
-        if fd is None or os.fstat(fd).st_ino != os.stat(wal).st_ino:
-            if fd is not None:
-                os.close(fd)
-            fd = self._wal_fd = os.open(wal, os.O_RDONLY)
-        t = time.perf_counter()
-        os.fsync(fd)
-        self.counters["syncs"] += 1
-        self.counters["sync_us"] += int(1e6 * (time.perf_counter() - t))
 
     def _commit_batch(self, jobs: list[Job]) -> tuple[list[ddns.UpdateResult], int]:
         """Apply and commit ``jobs`` (fsync included: synchronous=FULL)."""
@@ -311,11 +277,7 @@ class UpdateQueue:
             thread.join()
             self._ckpt = None
             self.conn.execute("PRAGMA wal_autocheckpoint=1000")
-        self.sync()
         self.conn.close()
-        if self._wal_fd is not None:
-            os.close(self._wal_fd)
-            self._wal_fd = None
         self.signal.close()
 
 
