@@ -91,6 +91,7 @@ class PrimaryRole:
         self._pending: list[Job] = []
         self._scheduled = False
         self._scopes: dict[dns.name.Name | None, Any] = {}
+        self._key_names: dict[bytes, dns.name.Name] = {}
         self.counters: dict[str, Any] = {
             "received": 0,
             "gated": 0,
@@ -166,7 +167,9 @@ class PrimaryRole:
         n = payload[len(GATED)]
         start = len(GATED) + 1
         try:
-            key = dns.name.from_wire(payload, start)[0] if n else None
+            key = self._key_names.get(payload[start : start + n]) if n else None
+            if n and key is None:
+                key = self._key_names[payload[start : start + n]] = dns.name.from_wire(payload, start)[0]
             wire = payload[start + n :]
             upd = parse_update(wire, None)
         except Exception:  # noqa: BLE001 - the worker parsed it already: cannot happen
