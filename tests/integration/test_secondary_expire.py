@@ -182,19 +182,19 @@ def test_restarted_long_after_last_refresh_is_expired_at_once(zone: dict, tmp_pa
 
 
 def test_servfail_wire_keeps_id_question_and_rd() -> None:
-    from zoneslice.updates.handler import expired_answer
+    from zoneslice.updates.handler import servfail
 
     q = dns.message.make_query("a.example.", "AAAA", want_dnssec=True)
     q.flags |= dns.flags.RD
     wire = q.to_wire()
-    out = expired_answer(wire)
+    out = servfail(wire)
     assert out is not None
     r = dns.message.from_wire(out)
     assert r.id == q.id and r.rcode() == dns.rcode.SERVFAIL
     assert r.flags & dns.flags.QR and r.flags & dns.flags.RD and not r.flags & dns.flags.AA
     assert r.question == q.question
-    assert expired_answer(out) is None  # never answer a response
-    assert struct.unpack_from("!H", expired_answer(wire[:12] + b"\xff") or b"", 4)[0] == 0
+    assert servfail(out) is None  # never answer a response
+    assert struct.unpack_from("!H", servfail(wire[:12] + b"\xff") or b"", 4)[0] == 0
 
 
 def set_expired(db: Path, on: bool) -> None:

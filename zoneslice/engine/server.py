@@ -71,6 +71,7 @@ from typing import Any, Protocol
 
 from zoneslice.engine import stats as stats_mod
 from zoneslice.errors import ServeError, ZonesliceError
+from zoneslice.updates.handler import question_end, servfail
 
 log = logging.getLogger("zoneslice.serve")
 
@@ -271,47 +272,18 @@ def _show(addr: str, port: int) -> str:
 
 # ------------------------------------------------------------------ wire helpers
 
-_HDR = struct.Struct("!HHHHHH")
-
-
-def _question_end(wire: bytes) -> int:
-    """Offset just past the (uncompressed) first question, or 0."""
-    if len(wire) < 12 or wire[4:6] != b"\x00\x01":
-        return 0
-    p = 12
-    n = len(wire)
-    while p < n:
-        ln = wire[p]
-        if ln == 0:
-            p += 5
-            return p if p <= n else 0
-        if ln > 63:
-            return 0
-        p += ln + 1
-    return 0
-
 
 def is_axfr(wire: bytes) -> bool:
     """A standard query for one question of type AXFR."""
     if len(wire) < 17 or (wire[2] >> 3) & 0xF != OP_QUERY or wire[2] & 0x80:
         return False
-    end = _question_end(wire)
+    end = question_end(wire)
     return end > 0 and wire[end - 4] == 0 and wire[end - 3] in (T_AXFR, 251)  # 251: IXFR (helper A)
 
 
 def for_writer(wire: bytes) -> bool:
     """A request (not a response) with opcode NOTIFY or UPDATE: the writer's business."""
     return len(wire) >= 12 and not wire[2] & 0x80 and (wire[2] >> 3) & 0xF in (OP_NOTIFY, OP_UPDATE)
-
-
-def servfail(wire: bytes) -> bytes | None:
-    """SERVFAIL for a query the Responder failed on (None for junk or a response)."""
-    if len(wire) < 12 or wire[2] & 0x80:
-        return None
-    ident, flags = struct.unpack_from("!HH", wire)
-    end = _question_end(wire)
-    flags = 0x8000 | (flags & 0x7900) | 2
-    return _HDR.pack(ident, flags, 1 if end else 0, 0, 0, 0) + wire[12:end]
 
 
 # ------------------------------------------------------------------ writer

@@ -135,9 +135,9 @@ class UpdateGate:
         return upd, allowed
 
 
-def _question_end(wire: bytes) -> int:
+def question_end(wire: bytes) -> int:
     """Offset just past the (uncompressed) single question, or 0."""
-    if wire[4:6] != b"\x00\x01":
+    if len(wire) < 12 or wire[4:6] != b"\x00\x01":
         return 0
     p, n = 12, len(wire)
     while p < n:
@@ -151,12 +151,13 @@ def _question_end(wire: bytes) -> int:
     return 0
 
 
-def expired_answer(wire: bytes) -> bytes | None:
-    """SERVFAIL for a query to an expired zone: ID, opcode, RD and question kept, no AA."""
+def servfail(wire: bytes) -> bytes | None:
+    """SERVFAIL with ID, opcode, RD and question kept, no AA (None for junk or a response):
+    for a query the Responder failed on, or one to an expired zone."""
     if len(wire) < 12 or wire[2] & 0x80:
         return None
     ident, flags = struct.unpack_from("!HH", wire)
-    end = _question_end(wire)
+    end = question_end(wire)
     head = struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7900) | dns.rcode.SERVFAIL,
                        1 if end else 0, 0, 0, 0)  # fmt: skip
     return head + wire[12:end]
@@ -210,7 +211,7 @@ class WatchedResponder:
     def _expired(self, wire: bytes) -> bytes | None:
         c = self.inner.counters
         c["expired_servfail"] = c.get("expired_servfail", 0) + 1
-        return expired_answer(wire)
+        return servfail(wire)
 
     def respond(self, wire: bytes, *, tcp: bool, client: Any = None) -> bytes | None:
         self.refresh()
