@@ -1,9 +1,11 @@
-"""Opening slice databases: engine factory, schema creation, SQLite pragmas."""
+"""Opening slice databases: engine factory, schema creation, SQLite pragmas, write transactions."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -50,3 +52,17 @@ def connect_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
 
 def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
     return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on an autocommit connection; on any exception
+    (a failed COMMIT included) ``ROLLBACK`` and re-raise, so nothing is half-applied."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise

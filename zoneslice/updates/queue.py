@@ -11,7 +11,6 @@ an answer is never sent for a change that is not on disk (RFC 2136 §3.5).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import mmap
 import os
 import queue
@@ -29,6 +28,7 @@ import dns.rcode
 
 from zoneslice import journal
 from zoneslice.errors import StoreError
+from zoneslice.store.db import write_transaction
 from zoneslice.updates import ddns
 from zoneslice.updates.wire import Update, parse_update
 
@@ -144,37 +144,30 @@ class UpdateQueue:
         results: list[ddns.UpdateResult] = []
         c = self.counters
         clock = time.perf_counter
-        with self._lock:
+        with self._lock, write_transaction(conn):
             t0 = clock()
-            conn.execute("BEGIN IMMEDIATE")
             batch = ddns.Batch()
-            try:
-                for job in jobs:
-                    upd = job.msg if isinstance(job.msg, Update) else _reparse(job.wire)
-                    if upd is None:
-                        results.append(ddns.UpdateResult(dns.rcode.FORMERR, reason="unparsable"))
-                        continue
-                    results.append(
-                        ddns.process(
-                            conn,
-                            upd,
-                            self.zone,
-                            allowed=job.allowed,
-                            serial_policy=self.serial_policy,
-                            batch=batch,
-                        )
+            for job in jobs:
+                upd = job.msg if isinstance(job.msg, Update) else _reparse(job.wire)
+                if upd is None:
+                    results.append(ddns.UpdateResult(dns.rcode.FORMERR, reason="unparsable"))
+                    continue
+                results.append(
+                    ddns.process(
+                        conn,
+                        upd,
+                        self.zone,
+                        allowed=job.allowed,
+                        serial_policy=self.serial_policy,
+                        batch=batch,
                     )
-                batch.finish(conn)
-                t1 = clock()
-                changesets = [r.changeset for r in results if r.changeset is not None]
-                if changesets and self.in_transaction is not None:
-                    self.in_transaction(conn, changesets)
-                t2 = clock()
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
+                )
+            batch.finish(conn)
+            t1 = clock()
+            changesets = [r.changeset for r in results if r.changeset is not None]
+            if changesets and self.in_transaction is not None:
+                self.in_transaction(conn, changesets)
+            t2 = clock()
         t3 = clock()
         c["process_us"] += int(1e6 * (t1 - t0))
         c["project_us"] += int(1e6 * (t2 - t1))

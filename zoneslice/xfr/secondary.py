@@ -56,6 +56,7 @@ from zoneslice import journal
 from zoneslice.errors import ZonesliceError
 from zoneslice.slicing import SlicePlan
 from zoneslice.store import models
+from zoneslice.store.db import write_transaction
 from zoneslice.store.keys import first_label_bounds, name_key
 from zoneslice.updates.ddns import serial_gt
 from zoneslice.updates.queue import connect_writer
@@ -281,14 +282,8 @@ class SecondaryRole:
         """One small transaction setting (or deleting, for None) meta keys."""
         conn = self.conn
         assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             _put_meta(conn, values)
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
 
     def _refreshed(self) -> bool:
         """After the commit that stamped ``refreshed_at``; True when that ended an expiry."""
@@ -502,8 +497,7 @@ class SecondaryRole:
         old_soa = self._our_soa()
         gone: list[journal.RR] = []
         come: list[journal.RR] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             for _sf, deleted, _st, added in steps:
                 for rec in deleted:
                     key, rdt, covers, rdata, _ttl, _o = self._row(rec)
@@ -520,11 +514,6 @@ class SecondaryRole:
             self._finish(conn, recs[-1])
             journal.append(conn, journal.Changeset(old_soa, recs[-1][3], gone, come))
             _pause()
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
         names = {r[0] for r in gone} | {r[0] for r in come} | {self.origin}
         self.ctx.committed(None if self._refreshed() else names)
 
@@ -532,8 +521,7 @@ class SecondaryRole:
         conn = self.conn
         assert conn is not None
         rows = [self._row(rec) for rec in recs[1:-1] if rec[1] != T_SOA]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             conn.execute("DELETE FROM rr")
             conn.executemany("INSERT OR REPLACE INTO rr VALUES (?, ?, ?, ?, ?, ?)", rows)
             conn.execute("INSERT INTO rr VALUES (x'', 6, 0, ?, ?, ?)",
@@ -541,11 +529,6 @@ class SecondaryRole:
             self._finish(conn, recs[-1])
             journal.reset_entry(conn, recs[-1][3])
             _pause()
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
         self._refreshed()
         self.ctx.committed(None)
 
