@@ -665,26 +665,24 @@ class Projector:
         self._views = None if special else after_views
         self._append(conn, changesets, before, after)
 
+    def _ref_rows(self, rrs: Iterable[journal.RR]) -> list[tuple[bytes, bytes, int, bytes]]:
+        """``xfr_ref`` rows (target, owner, type, rdata) of the NS/MX/SRV records in ``rrs``."""
+        origin = self.plan.origin
+        return [
+            (t, name_key(name, origin), rdtype, rdata)
+            for name, rdtype, _ttl, rdata in rrs
+            if rdtype in REF_TYPES and (t := target_key(rdtype, rdata, origin)) is not None
+        ]
+
     def _refs(
         self, conn: sqlite3.Connection, gone: Iterable[journal.RR], come: Iterable[journal.RR]
     ) -> None:
-        origin = self.plan.origin
-        drop = []
-        for name, rdtype, _ttl, rdata in gone:
-            if rdtype in REF_TYPES:
-                t = target_key(rdtype, rdata, origin)
-                if t is not None:
-                    drop.append((t, name_key(name, origin), rdtype, rdata))
+        drop = self._ref_rows(gone)
         if drop:
             conn.executemany(
                 "DELETE FROM xfr_ref WHERE tkey = ? AND rkey = ? AND rdtype = ? AND rdata = ?", drop
             )
-        add = []
-        for name, rdtype, _ttl, rdata in come:
-            if rdtype in REF_TYPES:
-                t = target_key(rdtype, rdata, origin)
-                if t is not None:
-                    add.append((t, name_key(name, origin), rdtype, rdata))
+        add = self._ref_rows(come)
         if add:
             conn.executemany("INSERT OR IGNORE INTO xfr_ref VALUES (?, ?, ?, ?)", add)
 
