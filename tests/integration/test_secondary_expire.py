@@ -181,7 +181,7 @@ def test_restarted_long_after_last_refresh_is_expired_at_once(zone: dict, tmp_pa
         assert role["expirations"] == 1
 
 
-def test_servfail_wire_keeps_id_question_and_rd() -> None:
+def test_servfail_wire_keeps_id_question_rd_and_edns() -> None:
     from zoneslice.updates.handler import servfail
 
     q = dns.message.make_query("a.example.", "AAAA", want_dnssec=True)
@@ -193,6 +193,12 @@ def test_servfail_wire_keeps_id_question_and_rd() -> None:
     assert r.id == q.id and r.rcode() == dns.rcode.SERVFAIL
     assert r.flags & dns.flags.QR and r.flags & dns.flags.RD and not r.flags & dns.flags.AA
     assert r.question == q.question
+    assert r.edns == 0 and r.payload == 1232 and r.ednsflags & dns.flags.DO
+    plain = dns.message.from_wire(servfail(dns.message.make_query("a.example.", "A").to_wire()))
+    assert plain.edns == -1 and plain.rcode() == dns.rcode.SERVFAIL
+    no_do = dns.message.from_wire(servfail(dns.message.make_query("a.example.", "A",
+                                                                   use_edns=0).to_wire()))
+    assert no_do.edns == 0 and not no_do.ednsflags & dns.flags.DO
     assert servfail(out) is None  # never answer a response
     assert struct.unpack_from("!H", servfail(wire[:12] + b"\xff") or b"", 4)[0] == 0
 

@@ -611,10 +611,12 @@ class _Writer:
                                                  backlog=TCP_BACKLOG)
 
         def tick() -> None:
+            _collect_and_freeze()
             self.write_stats()
             handle[0] = loop.call_later(STATS_EVERY, tick)
 
         handle = [loop.call_later(STATS_EVERY, tick)]
+        _collect_and_freeze()
         self.write_stats()
         ready()
         await stopping.wait()
@@ -628,6 +630,15 @@ class _Writer:
         self.write_stats()
         with contextlib.suppress(FileNotFoundError):
             _unlink_socket(self.sock_path)
+
+
+def _collect_and_freeze() -> None:
+    """Collect the cycles made since the last call, then move the survivors to the GC's
+    permanent generation: the writer's long-lived objects (parsed names, projection
+    state, the role's tables) are then not traversed again by every collection, which
+    cost a third of its CPU per update."""
+    gc.collect()
+    gc.freeze()
 
 
 def writer_socket_address(stats_dir: Path) -> str:

@@ -151,16 +151,59 @@ def question_end(wire: bytes) -> int:
     return 0
 
 
+EDNS_SIZE = 1232
+"""The UDP payload size a SERVFAIL's OPT advertises: the engine's (the updates package
+does not import the engine)."""
+
+
+def _skip_name(wire: bytes, p: int) -> int:
+    """Offset past the (possibly compressed) name at ``p``, or -1."""
+    n = len(wire)
+    while p < n:
+        ln = wire[p]
+        if ln >= 0xC0:
+            return p + 2 if p + 2 <= n else -1
+        if ln > 63:
+            return -1
+        p += ln + 1
+        if ln == 0:
+            return p
+    return -1
+
+
+def query_do(wire: bytes, end: int) -> int | None:
+    """The DO bit (0 or 0x8000) of the query's OPT record after the question at ``end``,
+    or None when it has none (or its records cannot be walked)."""
+    if not end:
+        return None
+    ancount, nscount, arcount = struct.unpack_from("!HHH", wire, 6)
+    p = end
+    for i in range(ancount + nscount + arcount):
+        p = _skip_name(wire, p)
+        if p < 0 or p + 10 > len(wire):
+            return None
+        rdtype, _cls, ttl, rdlen = struct.unpack_from("!HHIH", wire, p)
+        if rdtype == 41 and i >= ancount + nscount:
+            return ttl & 0x8000
+        p += 10 + rdlen
+    return None
+
+
 def servfail(wire: bytes) -> bytes | None:
     """SERVFAIL with ID, opcode, RD and question kept, no AA (None for junk or a response):
-    for a query the Responder failed on, or one to an expired zone."""
+    for a query the Responder failed on, or one to an expired zone. A query with EDNS
+    gets an OPT record back (version 0, its DO bit copied, RFC 6891 and 3225)."""
     if len(wire) < 12 or wire[2] & 0x80:
         return None
     ident, flags = struct.unpack_from("!HH", wire)
     end = question_end(wire)
+    do = query_do(wire, end)
     head = struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7900) | dns.rcode.SERVFAIL,
-                       1 if end else 0, 0, 0, 0)  # fmt: skip
-    return head + wire[12:end]
+                       1 if end else 0, 0, 0, 0 if do is None else 1)  # fmt: skip
+    out = head + wire[12:end]
+    if do is not None:
+        out += b"\x00" + struct.pack("!HHIH", 41, EDNS_SIZE, do, 0)
+    return out
 
 
 def read_expired(conn: sqlite3.Connection) -> bool:

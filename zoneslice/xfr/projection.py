@@ -165,6 +165,11 @@ _REF_FEW = f"SELECT rkey FROM xfr_ref WHERE tkey = ? LIMIT {REF_FEW}"
 _REF_NEXT = "SELECT rkey FROM xfr_ref WHERE tkey = ? AND rkey >= ? ORDER BY rkey LIMIT 1"
 
 
+_Changed = tuple[set[bytes], set[bytes], set[bytes]]
+"""What a batch changed: owner keys, reference targets (NS/MX/SRV), and the keys above
+a changed address record (whose :meth:`_State.addr_below` may differ)."""
+
+
 class _State:
     """Cached reads of the database in its current state (drop on every change).
 
@@ -180,6 +185,40 @@ class _State:
         self._refs: dict[bytes, tuple[bool, frozenset[int]]] = {}
         self._below: dict[bytes, list[bytes]] = {}
         self.glue_memo: dict[int, dict[bytes, bool]] = {}
+
+    def carried(
+        self, conn: sqlite3.Connection, origin: dns.name.Name,
+        changesets: list[journal.Changeset], changed: _Changed,
+    ) -> _State:
+        """The state after ``changesets`` (``changed``: what they touch), built from this
+        one's reads: rows the batch left alone are kept, changed owners get the journal's
+        exact deletions and additions (not the apex, whose SOA the journal leaves out: it
+        is in ``changed`` and read again), so that the "after" pass queries little."""
+        out = _State(conn, self.los)
+        rows, refs, below = changed
+        out._rows = {k: v for k, v in self._rows.items() if k not in rows}
+        derived: dict[bytes, dict[tuple[int, int, bytes], int]] = {}
+        for cs in changesets:
+            for gone, recs in ((True, cs.deleted), (False, cs.added)):
+                for name, rdtype, ttl, rdata in recs:
+                    k = name_key(name, origin)
+                    if not k:
+                        continue
+                    now = derived.get(k)
+                    if now is None:
+                        if k not in self._rows:
+                            continue
+                        now = derived[k] = {(t, c, rd): tl for t, c, rd, tl in self._rows[k]}
+                    pk = (rdtype, covers_of(rdtype, rdata), rdata)
+                    if gone:
+                        now.pop(pk, None)
+                    else:
+                        now[pk] = ttl
+        for k, now in derived.items():
+            out._rows[k] = [(t, c, rd, tl) for (t, c, rd), tl in sorted(now.items())]
+        out._refs = {k: v for k, v in self._refs.items() if k not in refs}
+        out._below = {k: v for k, v in self._below.items() if k not in below}
+        return out
 
     def rows(self, key: bytes) -> list[Rec]:
         got = self._rows.get(key)
@@ -658,7 +697,10 @@ class Projector:
                 before_views = after_views = views
             _fresh(before_views, reader)
             before = self._members(before_views, keys, extra)
-            _fresh(after_views, conn)
+            carried = next(iter(before_views.values())).state.carried(
+                conn, self.plan.origin, changesets, self._changed(changesets))
+            for v in after_views.values():
+                v.state = carried
             after = self._members(after_views, keys, extra)
         finally:
             reader.execute("COMMIT")
@@ -745,6 +787,24 @@ class Projector:
                 return None
             out |= found
         return out
+
+    def _changed(self, changesets: list[journal.Changeset]) -> _Changed:
+        origin = self.plan.origin
+        rows: set[bytes] = {b""}  # the serial moved, and the journal leaves the SOA out
+        refs: set[bytes] = set()
+        below: set[bytes] = set()
+        for cs in changesets:
+            for name, rdtype, _ttl, rdata in cs.deleted + cs.added:
+                k = name_key(name, origin)
+                rows.add(k)
+                if rdtype in REF_TYPES:
+                    t = target_key(rdtype, rdata, origin)
+                    if t is not None:
+                        refs.add(t)
+                elif rdtype in (T_A, T_AAAA) and k not in below:
+                    below.add(b"")
+                    below.update(ancestors(k))
+        return rows, refs, below
 
     def _touched(self, changesets: list[journal.Changeset]) -> tuple[set[bytes], bool]:
         """Keys whose membership a batch may change, and whether non-local rules may move."""
