@@ -141,3 +141,16 @@ def test_first_label_bounds_select_the_slice_range() -> None:
             inside = k >= lo_key and (hi_key is None or k < hi_key)
             assert inside == (k != b"" and plan.slice_for(n) == i), (i, n)
     assert label_prefix(b"A\x00\x01b") == b"a\x01\x01\x01\x02b"
+
+
+def test_labels_key_one_pass_equals_label_by_label() -> None:
+    """The one-pass path (no byte to escape) and the escaping path give the same keys."""
+    from zoneslice.store.keys import labels_key
+
+    rnd = random.Random(3)
+    alphabet = b"aZ-09\x00\x01\x02\xff."
+    for _ in range(3000):
+        labels = [bytes(rnd.choice(alphabet) for _ in range(rnd.randint(1, 6)))
+                  for _ in range(rnd.randint(0, 4))]
+        slow = b"".join(label_prefix(lb) + b"\x00" for lb in labels)
+        assert labels_key(labels) == slow, labels

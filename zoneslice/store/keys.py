@@ -27,6 +27,11 @@ def label_prefix(label: bytes) -> bytes:
 
 def labels_key(labels_top_first: list[bytes] | tuple[bytes, ...]) -> bytes:
     """Key of the labels below the origin, given top label first."""
+    if not labels_top_first:
+        return b""
+    joined = b"\x00".join(labels_top_first)
+    if b"\x01" not in joined and joined.count(0) == len(labels_top_first) - 1:
+        return joined.translate(_LOWER) + b"\x00"  # nothing to escape: one pass
     return b"".join(label_prefix(lb) + b"\x00" for lb in labels_top_first)
 
 

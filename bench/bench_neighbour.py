@@ -1,0 +1,202 @@
+"""Benchmark of this machine, not of zoneslice: how fast one CPU answers DNS while the other
+CPU is idle, busy, or only waking up now and then.
+
+Usage (loopback, free ports; needs nsd, bind9, dnsperf)::
+
+    .venv/bin/python bench/bench_neighbour.py [--delegations 100000] [--duration 5]
+        [--servers zoneslice,nsd,bind] [--rounds 2]
+
+Each server (zoneslice's slice-1 server with one worker, NSD ``server-count: 1``, BIND
+``-n 1``) and dnsperf run on CPU 0 (``taskset``), with the slice-1 query file of
+bench_update. CPU 1 runs, for each measurement, one of:
+
+- ``idle``: nothing;
+- ``spin``: a busy loop;
+- ``wake 100/s``: a process that sleeps 10 ms at a time and does nothing else;
+- ``wake 4/s``: the same with 250 ms sleeps;
+- ``burst 10 %``: 0.2 ms busy every 2 ms.
+
+The states are interleaved (``--rounds`` passes over them) because the background drifts
+between runs. It explains the split placement of bench_update: the update side's CPU
+is never idle there while updates arrive, and on this VM that alone changes what the
+query CPU can do, for NSD and BIND as for zoneslice. Results go to stdout and
+``<workdir>/neighbour-results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import dns.message  # noqa: E402
+import dns.query  # noqa: E402
+import dns.rcode  # noqa: E402
+
+from bench._common import build_slices, log  # noqa: E402
+from bench.bench_engine import write_queries  # noqa: E402
+from tests.bind import free_port, named  # noqa: E402
+from tests.nsd import nsd_config  # noqa: E402
+from zoneslice.trace.replay import parse_dnsperf  # noqa: E402
+
+ADDR = "127.0.0.1"
+SECRET = "YmVuY2gtbmVpZ2hib3VyLWJlbmNoLW5laWdoYm91cg=="
+SERVER_CPU, NEIGHBOUR_CPU = 0, 1
+
+NEIGHBOUR = (
+    "import os, sys, time\n"
+    "mode, seconds = sys.argv[1], float(sys.argv[2])\n"
+    "end = time.monotonic() + seconds\n"
+    "if mode == 'spin':\n"
+    "    while time.monotonic() < end:\n"
+    "        pass\n"
+    "elif mode.startswith('wake'):\n"
+    "    nap = 1.0 / float(mode[4:])\n"
+    "    while time.monotonic() < end:\n"
+    "        time.sleep(nap)\n"
+    "elif mode == 'burst':\n"
+    "    while time.monotonic() < end:\n"
+    "        t = time.perf_counter() + 0.0002\n"
+    "        while time.perf_counter() < t:\n"
+    "            pass\n"
+    "        time.sleep(0.0018)\n"
+)
+"""What runs on the neighbour CPU; nothing of it touches the network or the disk."""
+
+STATES = {"idle": None, "spin": "spin", "wake 100/s": "wake100", "wake 4/s": "wake4",
+          "burst 10 %": "burst"}  # fmt: skip
+
+
+def taskset(cpu: int) -> list[str]:
+    return ["taskset", "-c", str(cpu)]
+
+
+def wait_answers(port: int, origin: str, proc: subprocess.Popen[Any], what: str) -> None:
+    q = dns.message.make_query(origin, "SOA")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited {proc.returncode}")
+        with contextlib.suppress(OSError, dns.exception.Timeout):
+            if dns.query.udp(q, ADDR, port=port, timeout=0.5).rcode() == dns.rcode.NOERROR:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not answer in time")
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def server(name: str, work: Path, zone: Path, slice_db: Path, port: int) -> Iterator[str]:
+    """One server on SERVER_CPU answering on ``port``; yields a description."""
+    d = work / name
+    d.mkdir(parents=True, exist_ok=True)
+    if name == "bind":
+        with named(zone, "com.", d, ADDR, port, key_name="neighbour-key.", secret=SECRET,
+                   workers=1, popen=taskset(SERVER_CPU), timeout=300):
+            yield "BIND named -n 1"
+        return
+    if name == "nsd":
+        (d / "nsd.conf").write_text(nsd_config(zone, "com.", d, ADDR, port))
+        cmd = ["nsd", "-d", "-c", str(d / "nsd.conf")]
+        what = "NSD server-count 1"
+    else:
+        cmd = [sys.executable, str(ROOT / "cli.py"), "serve", str(slice_db), "--workers", "1",
+               "--listen", f"{ADDR}:{port}", "--stats", str(d / "stats")]
+        what = "zoneslice serve, slice 1 of 3, 1 worker"
+    proc = subprocess.Popen([*taskset(SERVER_CPU), *cmd], stdout=subprocess.DEVNULL,
+                            stderr=open(d / "stderr", "w"), start_new_session=True)
+    try:
+        wait_answers(port, "com.", proc, name)
+        yield what
+    finally:
+        stop(proc)
+
+
+def measure(port: int, queries: Path, seconds: float, state: str | None) -> float:
+    load = None
+    if state is not None:
+        load = subprocess.Popen([*taskset(NEIGHBOUR_CPU), sys.executable, "-c", NEIGHBOUR,
+                                 state, str(seconds + 1)])  # fmt: skip
+    try:
+        out = subprocess.run(
+            [*taskset(SERVER_CPU), "dnsperf", "-s", ADDR, "-p", str(port), "-d", str(queries),
+             "-l", str(seconds), "-c", "8", "-q", "64", "-t", "2"],
+            capture_output=True, text=True, timeout=seconds + 60,
+        ).stdout
+    finally:
+        if load is not None:
+            load.wait()
+    st = parse_dnsperf(out)
+    if "qps" not in st:
+        raise RuntimeError(f"dnsperf failed: {out[-500:]}")
+    return float(st["qps"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", default="out/bench-update")
+    ap.add_argument("--delegations", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--servers", default="zoneslice,nsd,bind")
+    a = ap.parse_args(argv)
+    if not {SERVER_CPU, NEIGHBOUR_CPU} <= os.sched_getaffinity(0):
+        raise SystemExit("needs CPUs 0 and 1")
+    work = Path(a.workdir).resolve()
+    zone, slices = build_slices(work, a.delegations, a.seed, parts=3)
+    slice_db = slices / "slice-1.db"
+    queries = work / "queries-slices-3-slice-1.txt"
+    if not queries.exists():
+        write_queries(slice_db, queries, 100_000, a.seed)
+    res: dict[str, Any] = {"machine": f"{os.cpu_count()} vCPU", "duration": a.duration,
+                           "servers": {}}  # fmt: skip
+    for name in a.servers.split(","):
+        port = free_port()
+        with server(name, work / "neighbour", zone, slice_db, port) as what:
+            measure(port, queries, a.duration, None)  # warm-up
+            runs: dict[str, list[float]] = {s: [] for s in STATES}
+            for _ in range(a.rounds):
+                for label, state in STATES.items():
+                    runs[label].append(measure(port, queries, a.duration, state))
+                    log(f"{name}: {label}: {runs[label][-1]:,.0f} q/s")
+            res["servers"][name] = {"describe": what, "qps": runs}
+    (work / "neighbour-results.json").write_text(json.dumps(res, indent=1))
+    report(res)
+    return 0
+
+
+def report(res: dict[str, Any]) -> None:
+    print(f"\nqueries/s on CPU {SERVER_CPU} (server + dnsperf) by what CPU {NEIGHBOUR_CPU} does "
+          f"({res['duration']} s runs, median of the rounds; ratio to idle)")
+    print(f"{'server':<11}" + "".join(f"{s:>19}" for s in STATES))
+    for name, r in res["servers"].items():
+        med = {s: statistics.median(v) for s, v in r["qps"].items()}
+        cells = [f"{med[s]:>10,.0f} {med[s] / med['idle']:>6.0%}  " for s in STATES]
+        print(f"{name:<11}" + "".join(f"{c:>19}" for c in cells))
+    for name, r in res["servers"].items():
+        print(f"  {name}: {r['describe']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
