@@ -10,7 +10,7 @@ DEMO_DIR ?= out/demo
 DELEGATIONS ?= 20000
 PARTS ?= 3
 
-.PHONY: setup demo test lint bench-split bench-engine bench-pcap bench-xdp bench-update clean
+.PHONY: setup demo test lint bench-split bench-engine bench-pcap bench-xdp bench-update bench-neighbour clean
 
 setup:
 	bash scripts/setup.sh
@@ -38,6 +38,9 @@ bench-xdp: setup
 
 bench-update: setup
 	$(PY) bench/bench_update.py
+
+bench-neighbour: setup
+	$(PY) bench/bench_neighbour.py
 
 clean:
 	rm -rf out .pytest_cache
