@@ -46,6 +46,7 @@ from bench._common import build_slices, log  # noqa: E402
 from datasets.gen_trace import TYPE_MIX, _zipf_choice  # noqa: E402
 from tests.netns import netns, require_netns, veth  # noqa: E402
 from tests.nsd import nsd_config  # noqa: E402
+from zoneslice.demo import stop_servers  # noqa: E402
 from zoneslice.manifest import load_manifest  # noqa: E402
 from zoneslice.store.db import connect_readonly  # noqa: E402
 from zoneslice.store.keys import key_labels  # noqa: E402
@@ -521,12 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                         "total"
                     ]
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_servers([proc], timeout=15)
     lines = report(results)
     (a.workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print("\n".join(lines))

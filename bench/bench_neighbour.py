@@ -48,6 +48,7 @@ from bench._common import build_slices, log  # noqa: E402
 from bench.bench_engine import write_queries  # noqa: E402
 from tests.bind import free_port, named  # noqa: E402
 from tests.nsd import nsd_config  # noqa: E402
+from zoneslice.demo import stop_servers  # noqa: E402
 from zoneslice.trace.replay import parse_dnsperf  # noqa: E402
 
 ADDR = "127.0.0.1"
@@ -95,16 +96,6 @@ def wait_answers(port: int, origin: str, proc: subprocess.Popen[Any], what: str)
     raise RuntimeError(f"{what} did not answer in time")
 
 
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextlib.contextmanager
 def server(name: str, work: Path, zone: Path, slice_db: Path, port: int) -> Iterator[str]:
     """One server on SERVER_CPU answering on ``port``; yields a description."""
@@ -129,7 +120,7 @@ def server(name: str, work: Path, zone: Path, slice_db: Path, port: int) -> Iter
         wait_answers(port, "com.", proc, name)
         yield what
     finally:
-        stop(proc)
+        stop_servers([proc], timeout=15)
 
 
 def measure(port: int, queries: Path, seconds: float, state: str | None) -> float:

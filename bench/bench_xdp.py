@@ -56,6 +56,7 @@ import dns.rdatatype  # noqa: E402
 from bench._common import build_slices, log  # noqa: E402
 from tests.netns import netns, require_netns, veth  # noqa: E402
 from tests.nsd import nsd_config  # noqa: E402
+from zoneslice.demo import stop_servers  # noqa: E402
 from zoneslice.engine.server import Background  # noqa: E402
 from zoneslice.hot import entries as E  # noqa: E402
 from zoneslice.hot.hotset import write_counts  # noqa: E402
@@ -205,12 +206,7 @@ zone:
     try:
         yield p
     finally:
-        p.terminate()
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop_servers([p], timeout=15)
         # Knot leaves its XDP program attached (its default load policy); this veth is ours.
         srv.run(["ip", "link", "set", "dev", iface, "xdp", "off"], check=False)
 
@@ -228,8 +224,7 @@ def nsd(srv: Any, work: Path, zone: Path) -> Iterator[None]:
     try:
         yield p
     finally:
-        p.terminate()
-        p.wait(15)
+        stop_servers([p], timeout=15)
 
 
 # ------------------------------------------------------------------ load

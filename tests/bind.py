@@ -17,6 +17,8 @@ import dns.message
 import dns.query
 import dns.rcode
 
+from zoneslice.demo import stop_servers
+
 
 def free_port(addr: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on ``addr`` (named and restarts need a fixed one)."""
@@ -161,13 +163,7 @@ def run_named(
             time.sleep(0.2)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_servers([proc], timeout=15)
         log.close()
 
 

@@ -19,6 +19,7 @@ import dns.query
 import pytest
 
 from datasets.gen_trace import TraceParams, generate, names_from_zone
+from zoneslice.demo import stop_servers
 from zoneslice.slicing import SlicePlan
 from zoneslice.trace.characterize import characterize
 from zoneslice.trace.partition import load_plan, partition, routed_queries
@@ -138,13 +139,7 @@ zone:
         return ("127.0.0.1", self.port)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_servers([self.proc])
 
 
 @pytest.fixture(scope="module")

@@ -607,7 +607,7 @@ class Projector:
         if not refs_ok:  # the database changed behind our back: rebuild what we keep
             rebuild_refs(conn, self.plan.origin)
             self._views = None
-        keys, special = self._touched(changesets)
+        keys, special, _changed = self._touched(changesets)
         views = self._views
         special = special or _events_touched(views, keys)
         extra: dict[int, set[bytes]] = {}
@@ -675,7 +675,7 @@ class Projector:
     ) -> None:
         """The projection with the "before" state read through ``reader`` (the last commit)
         and the "after" state through ``conn``; only ``xfr_ref`` is brought up to date."""
-        keys, special = self._touched(changesets)
+        keys, special, batch_changes = self._touched(changesets)
         for cs in changesets:
             self._refs(conn, cs.deleted, cs.added)
         views = self._views
@@ -698,7 +698,7 @@ class Projector:
             _fresh(before_views, reader)
             before = self._members(before_views, keys, extra)
             carried = next(iter(before_views.values())).state.carried(
-                conn, self.plan.origin, changesets, self._changed(changesets))
+                conn, self.plan.origin, changesets, batch_changes)
             for v in after_views.values():
                 v.state = carried
             after = self._members(after_views, keys, extra)
@@ -788,43 +788,35 @@ class Projector:
             out |= found
         return out
 
-    def _changed(self, changesets: list[journal.Changeset]) -> _Changed:
+    def _touched(
+        self, changesets: list[journal.Changeset]
+    ) -> tuple[set[bytes], bool, _Changed]:
+        """Keys whose membership a batch may change, whether non-local rules may move, and
+        what the batch changed (:meth:`_State.carried`)."""
         origin = self.plan.origin
-        rows: set[bytes] = {b""}  # the serial moved, and the journal leaves the SOA out
-        refs: set[bytes] = set()
+        owners: set[bytes] = set()
+        targets: set[bytes] = set()
         below: set[bytes] = set()
-        for cs in changesets:
-            for name, rdtype, _ttl, rdata in cs.deleted + cs.added:
-                k = name_key(name, origin)
-                rows.add(k)
-                if rdtype in REF_TYPES:
-                    t = target_key(rdtype, rdata, origin)
-                    if t is not None:
-                        refs.add(t)
-                elif rdtype in (T_A, T_AAAA) and k not in below:
-                    below.add(b"")
-                    below.update(ancestors(k))
-        return rows, refs, below
-
-    def _touched(self, changesets: list[journal.Changeset]) -> tuple[set[bytes], bool]:
-        """Keys whose membership a batch may change, and whether non-local rules may move."""
-        origin = self.plan.origin
-        keys: set[bytes] = set()
         special = False
         for cs in changesets:
             for name, rdtype, _ttl, rdata in cs.deleted + cs.added:
                 k = name_key(name, origin)
-                keys.add(k)
+                owners.add(k)
                 if rdtype in REF_TYPES:
                     t = target_key(rdtype, rdata, origin)
                     if t is not None:
-                        keys.add(t)
+                        targets.add(t)
+                elif rdtype in (T_A, T_AAAA) and k not in below:
+                    below.add(b"")
+                    below.update(ancestors(k))
                 if rdtype in REDIRECT_TYPES or rdtype == T_NSEC or (
                     k == b"" and rdtype == T_NSEC3PARAM
                 ):
                     special = True
+        keys = owners | targets
         keys |= {a for k in list(keys) for a in ancestors(k)}
-        return keys, special
+        # the apex's rows changed too: the serial moved, and the journal leaves the SOA out
+        return keys, special, (owners | {b""}, targets, below)
 
     # -- moving the database between the states before and after the batch
 
