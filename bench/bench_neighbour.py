@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -114,13 +115,14 @@ def server(name: str, work: Path, zone: Path, slice_db: Path, port: int) -> Iter
         cmd = [sys.executable, str(ROOT / "cli.py"), "serve", str(slice_db), "--workers", "1",
                "--listen", f"{ADDR}:{port}", "--stats", str(d / "stats")]
         what = "zoneslice serve, slice 1 of 3, 1 worker"
-    proc = subprocess.Popen([*taskset(SERVER_CPU), *cmd], stdout=subprocess.DEVNULL,
-                            stderr=open(d / "stderr", "w"), start_new_session=True)
-    try:
-        wait_answers(port, "com.", proc, name)
-        yield what
-    finally:
-        stop_servers([proc], timeout=15)
+    with open(d / "stderr", "w") as err:
+        proc = subprocess.Popen([*taskset(SERVER_CPU), *cmd], stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+        try:
+            wait_answers(port, "com.", proc, name)
+            yield what
+        finally:
+            stop_servers([proc], timeout=15)
 
 
 def warm(port: int, queries: Path, passes: int) -> None:
@@ -161,11 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--warmup-passes", type=int, default=3)
-    ap.add_argument("--servers", default="zoneslice,nsd,bind")
+    ap.add_argument("--servers", default="zoneslice,nsd,bind",
+                    help="comma list of zoneslice, nsd, bind")
     a = ap.parse_args(argv)
     if not {SERVER_CPU, NEIGHBOUR_CPU} <= os.sched_getaffinity(0):
         raise SystemExit("needs CPUs 0 and 1")
-    work = Path(a.workdir).resolve()
+    tools = {"zoneslice": [], "nsd": ["nsd"], "bind": ["named"]}
+    unknown = set(a.servers.split(",")) - set(tools)
+    if unknown:
+        ap.error(f"--servers: unknown {', '.join(sorted(unknown))} (known: {', '.join(tools)})")
+    for tool in ["dnsperf", "taskset", *(t for n in a.servers.split(",") for t in tools[n])]:
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed (scripts/setup.sh installs it)", file=sys.stderr)
+            return 2
+    work = (ROOT / a.workdir).resolve()
     zone, slices = build_slices(work, a.delegations, a.seed, parts=3)
     slice_db = slices / "slice-1.db"
     queries = work / "queries-slices-3-slice-1.txt"
