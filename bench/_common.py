@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+LOOPBACK = "127.0.0.1"
 
 
 def log(msg: str) -> None:
@@ -30,3 +35,41 @@ def build_slices(workdir: Path, delegations: int, seed: int, parts: int) -> tupl
         split_zone(zone, parts, slices)
         log(f"split in {parts}: {time.monotonic() - t:.1f} s")
     return zone, slices
+
+
+def taskset(cpu: int | None) -> list[str]:
+    """The command prefix that pins a process and its threads to ``cpu`` (none: no pinning)."""
+    return [] if cpu is None else ["taskset", "-c", str(cpu)]
+
+
+def wait_soa(port: int, *, addr: str = LOOPBACK, proc: subprocess.Popen[Any] | None = None,
+             timeout: float = 120.0) -> None:
+    """Wait until ``addr:port`` answers the com. SOA with NOERROR (fail at once if ``proc``,
+    the server, has exited)."""
+    import dns.exception
+    import dns.message
+    import dns.query
+
+    q = dns.message.make_query("com.", "SOA")
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server on {addr}:{port} exited {proc.returncode}")
+        with contextlib.suppress(OSError, dns.exception.Timeout):
+            if dns.query.udp(q, addr, port=port, timeout=0.5).rcode() == 0:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing answers on {addr}:{port}")
+        time.sleep(0.2)
+
+
+def dnsperf(port: int, queries: Path, seconds: float, clients: int, outstanding: int,
+            passes: int | None = None, cpu: int | None = None,
+            addr: str = LOOPBACK) -> subprocess.Popen[str]:
+    """dnsperf on ``queries`` for ``seconds`` (or ``passes`` over the file, if sooner),
+    pinned to ``cpu``; stdout and stderr together in ``.stdout``."""
+    cmd = [*taskset(cpu), "dnsperf", "-s", addr, "-p", str(port), "-d", str(queries),
+           "-l", str(seconds), "-c", str(clients), "-q", str(outstanding), "-t", "2"]
+    if passes:
+        cmd += ["-n", str(passes)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

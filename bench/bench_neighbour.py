@@ -41,18 +41,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import dns.message  # noqa: E402
-import dns.query  # noqa: E402
-import dns.rcode  # noqa: E402
 
-from bench._common import build_slices, log  # noqa: E402
+from bench._common import LOOPBACK, build_slices, dnsperf, log, taskset, wait_soa  # noqa: E402
 from bench.bench_engine import write_queries  # noqa: E402
 from tests.bind import free_port, named  # noqa: E402
 from tests.nsd import nsd_config  # noqa: E402
 from zoneslice.demo import stop_servers  # noqa: E402
 from zoneslice.trace.replay import parse_dnsperf  # noqa: E402
 
-ADDR = "127.0.0.1"
+ADDR = LOOPBACK
+CLIENTS, OUTSTANDING = 8, 64
 SECRET = "YmVuY2gtbmVpZ2hib3VyLWJlbmNoLW5laWdoYm91cg=="
 SERVER_CPU, NEIGHBOUR_CPU = 0, 1
 
@@ -80,23 +78,6 @@ STATES = {"idle": None, "spin": "spin", "wake 100/s": "wake100", "wake 4/s": "wa
           "burst 10 %": "burst"}  # fmt: skip
 
 
-def taskset(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)]
-
-
-def wait_answers(port: int, origin: str, proc: subprocess.Popen[Any], what: str) -> None:
-    q = dns.message.make_query(origin, "SOA")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited {proc.returncode}")
-        with contextlib.suppress(OSError, dns.exception.Timeout):
-            if dns.query.udp(q, ADDR, port=port, timeout=0.5).rcode() == dns.rcode.NOERROR:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} did not answer in time")
-
-
 @contextlib.contextmanager
 def server(name: str, work: Path, zone: Path, slice_db: Path, port: int) -> Iterator[str]:
     """One server on SERVER_CPU answering on ``port``; yields a description."""
@@ -119,7 +100,7 @@ def server(name: str, work: Path, zone: Path, slice_db: Path, port: int) -> Iter
         proc = subprocess.Popen([*taskset(SERVER_CPU), *cmd], stdout=subprocess.DEVNULL,
                                 stderr=err, start_new_session=True)
         try:
-            wait_answers(port, "com.", proc, name)
+            wait_soa(port, proc=proc)
             yield what
         finally:
             stop_servers([proc], timeout=15)
@@ -129,9 +110,10 @@ def warm(port: int, queries: Path, passes: int) -> None:
     """Passes over the whole query file, so that zoneslice's answer cache holds every name
     before the first measurement (one short run leaves the first states colder)."""
     t = time.monotonic()
-    subprocess.run([*taskset(SERVER_CPU), "dnsperf", "-s", ADDR, "-p", str(port), "-d",
-                    str(queries), "-n", str(passes), "-c", "8", "-q", "64", "-t", "2"],
-                   capture_output=True, timeout=900, check=True)  # fmt: skip
+    out, _ = dnsperf(port, queries, 900, CLIENTS, OUTSTANDING, passes=passes,
+                     cpu=SERVER_CPU).communicate(timeout=960)
+    if "qps" not in parse_dnsperf(out):
+        raise RuntimeError(f"dnsperf failed: {out[-500:]}")
     log(f"warm-up: {passes} passes in {time.monotonic() - t:.1f} s")
 
 
@@ -141,11 +123,8 @@ def measure(port: int, queries: Path, seconds: float, state: str | None) -> floa
         load = subprocess.Popen([*taskset(NEIGHBOUR_CPU), sys.executable, "-c", NEIGHBOUR,
                                  state, str(seconds + 1)])  # fmt: skip
     try:
-        out = subprocess.run(
-            [*taskset(SERVER_CPU), "dnsperf", "-s", ADDR, "-p", str(port), "-d", str(queries),
-             "-l", str(seconds), "-c", "8", "-q", "64", "-t", "2"],
-            capture_output=True, text=True, timeout=seconds + 60,
-        ).stdout
+        out, _ = dnsperf(port, queries, seconds, CLIENTS, OUTSTANDING,
+                         cpu=SERVER_CPU).communicate(timeout=seconds + 60)
     finally:
         if load is not None:
             load.wait()

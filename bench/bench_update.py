@@ -80,7 +80,7 @@ sys.path.insert(0, str(ROOT))
 import dns.name  # noqa: E402
 import dns.tsigkeyring  # noqa: E402
 
-from bench._common import build_slices, log  # noqa: E402
+from bench._common import LOOPBACK, build_slices, dnsperf, log, taskset, wait_soa  # noqa: E402
 from bench.bench_engine import write_queries  # noqa: E402
 from tests.bind import free_port, named, named_secondary_config, run_named  # noqa: E402
 from zoneslice.trace.replay import parse_dnsperf  # noqa: E402
@@ -88,7 +88,7 @@ from zoneslice.updates.updgen import UpdateGenerator, read_zone, to_message  # n
 
 SECRET = "YmVuY2gtdXBkYXRlLWJlbmNoLXVwZGF0ZS1iZW5jaC11cGQ="
 KEY = "bench-key."
-ADDR = "127.0.0.1"
+ADDR = LOOPBACK
 UPDATE_CPU, QUERY_CPU = 1, 0
 
 
@@ -180,10 +180,6 @@ class Sender:
         return n
 
 
-def taskset(cpu: int | None) -> list[str]:
-    return [] if cpu is None else ["taskset", "-c", str(cpu)]
-
-
 NEIGHBOUR_LOAD = (
     "import sys, time\n"
     "end = time.monotonic() + float(sys.argv[1])\n"
@@ -201,15 +197,6 @@ half as fast as soon as the other vCPU does anything at all, updates or not."""
 def neighbour_load(seconds: float) -> subprocess.Popen[bytes]:
     return subprocess.Popen([*taskset(UPDATE_CPU), sys.executable, "-c", NEIGHBOUR_LOAD,
                              str(seconds)])  # fmt: skip
-
-
-def dnsperf(port: int, queries: Path, seconds: float, clients: int, outstanding: int,
-            passes: int | None = None, cpu: int | None = None) -> subprocess.Popen[str]:
-    cmd = [*taskset(cpu), "dnsperf", "-s", ADDR, "-p", str(port), "-d", str(queries), "-l", str(seconds),
-           "-c", str(clients), "-q", str(outstanding), "-t", "2"]
-    if passes:
-        cmd += ["-n", str(passes)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def tree_cpu(pid: int) -> float:
@@ -275,23 +262,6 @@ def check_pinning(pins: dict[str, tuple[int, int]]) -> dict[str, list[str]]:
         if not lists or seen[role] != [str(cpu)]:
             raise RuntimeError(f"{role} (pid {pid}) not pinned to CPU {cpu}: {lists}")
     return seen
-
-
-def wait_soa(port: int, timeout: float = 120.0) -> None:
-    import dns.message
-    import dns.query
-
-    q = dns.message.make_query("com.", "SOA")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if dns.query.udp(q, ADDR, port=port, timeout=0.5).rcode() == 0:
-                return
-        except (OSError, dns.exception.Timeout):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"nothing answers on {ADDR}:{port}")
-        time.sleep(0.2)
 
 
 def soa_serial(port: int) -> int:
