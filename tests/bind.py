@@ -66,7 +66,6 @@ def named_config(
     *,
     key_name: str,
     secret: str,
-    workers: int | None = None,
     notify_to: tuple[str, int] | None = None,
     notify_delay: int = 0,
 ) -> str:

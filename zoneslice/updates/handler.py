@@ -41,7 +41,7 @@ import dns.tsig
 from zoneslice import journal
 from zoneslice.updates.acl import Keyring, UpdatePolicy
 from zoneslice.updates.queue import CommitSignal
-from zoneslice.updates.wire import Update, parse_update, response
+from zoneslice.updates.wire import Update, parse_update, read_name, response
 
 _TSIG_ERRORS: list[tuple[type[Exception], int]] = [
     (dns.message.UnknownTSIGKey, dns.rcode.BADKEY),
@@ -156,21 +156,6 @@ EDNS_SIZE = 1232
 does not import the engine)."""
 
 
-def _skip_name(wire: bytes, p: int) -> int:
-    """Offset past the (possibly compressed) name at ``p``, or -1."""
-    n = len(wire)
-    while p < n:
-        ln = wire[p]
-        if ln >= 0xC0:
-            return p + 2 if p + 2 <= n else -1
-        if ln > 63:
-            return -1
-        p += ln + 1
-        if ln == 0:
-            return p
-    return -1
-
-
 def query_do(wire: bytes, end: int) -> int | None:
     """The DO bit (0 or 0x8000) of the query's OPT record after the question at ``end``,
     or None when it has none (or its records cannot be walked)."""
@@ -178,14 +163,15 @@ def query_do(wire: bytes, end: int) -> int | None:
         return None
     ancount, nscount, arcount = struct.unpack_from("!HHH", wire, 6)
     p = end
-    for i in range(ancount + nscount + arcount):
-        p = _skip_name(wire, p)
-        if p < 0 or p + 10 > len(wire):
-            return None
-        rdtype, _cls, ttl, rdlen = struct.unpack_from("!HHIH", wire, p)
-        if rdtype == 41 and i >= ancount + nscount:
-            return ttl & 0x8000
-        p += 10 + rdlen
+    try:
+        for i in range(ancount + nscount + arcount):
+            p = read_name(wire, p)[1]
+            rdtype, _cls, ttl, rdlen = struct.unpack_from("!HHIH", wire, p)
+            if rdtype == 41 and i >= ancount + nscount:
+                return ttl & 0x8000
+            p += 10 + rdlen
+    except (dns.exception.FormError, dns.name.NameTooLong, IndexError, struct.error):
+        pass
     return None
 
 

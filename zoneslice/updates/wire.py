@@ -107,7 +107,7 @@ class Update:
         return (self.flags >> 11) & 0xF
 
 
-def _name(wire: bytes, pos: int) -> tuple[tuple[bytes, ...], int]:
+def read_name(wire: bytes, pos: int) -> tuple[tuple[bytes, ...], int]:
     """Labels (root included) of the possibly compressed name at ``pos``, and the end."""
     labels: list[bytes] = []
     end = -1
@@ -146,7 +146,7 @@ def _rdata(wire: bytes, pos: int, rdtype: int, rdlen: int) -> bytes:
             raise dns.exception.FormError(f"bad rdata length {rdlen} for type {rdtype}")
         return wire[pos : pos + rdlen]
     if rdtype in _SINGLE_NAME:
-        labels, end = _name(wire, pos)
+        labels, end = read_name(wire, pos)
         if end != pos + rdlen:
             raise dns.exception.FormError("bad rdata length")
         return b"".join(bytes((len(x),)) + x for x in labels)
@@ -171,7 +171,7 @@ def parse_update(wire: bytes, keyring: Keyring | None, *, now: float | None = No
         names.clear()
 
     def name_at(p: int) -> tuple[dns.name.Name, int]:
-        labels, end = _name(wire, p)
+        labels, end = read_name(wire, p)
         nm = names.get(labels)
         if nm is None:
             nm = names[labels] = dns.name.Name(labels)
@@ -237,7 +237,7 @@ def _verify_hmac(
     if digest is None:
         return None
     end = pos + rdlen
-    labels, p = _name(wire, pos)
+    labels, p = read_name(wire, pos)
     if dns.name.Name(labels) != key.algorithm or p + 10 > end:
         return None
     time_hi, time_lo, fudge, size = _TSIG_TAIL.unpack_from(wire, p)
