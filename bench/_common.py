@@ -1,8 +1,10 @@
-"""What the benchmark commands share: a timestamped log line and the cached test zone."""
+"""What the benchmark commands share: a log line, the cached test zone, pinning, one
+scheduler group, dnsperf."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -40,6 +42,33 @@ def build_slices(workdir: Path, delegations: int, seed: int, parts: int) -> tupl
 def taskset(cpu: int | None) -> list[str]:
     """The command prefix that pins a process and its threads to ``cpu`` (none: no pinning)."""
     return [] if cpu is None else ["taskset", "-c", str(cpu)]
+
+
+def autogroup(pid: int) -> str | None:
+    """The scheduler autogroup of ``pid`` ("/autogroup-N"), or None when autogroup is off.
+
+    With ``kernel.sched_autogroup_enabled`` (Debian's default) every session is one CFS
+    group, and a group's weight is shared out over the CPUs it runs on. A server started in
+    its own session (``setsid``) next to a dnsperf whose session also runs work on the other
+    CPU therefore gets most of the query CPU, dnsperf too little, and the measured rate
+    halves whenever that other work runs. Benchmarks keep every process in one group.
+    """
+    try:
+        if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() != "1":
+            return None
+        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def check_one_sched_group(pids: dict[str, int]) -> None:
+    """Fail unless every named process is in this process's scheduler autogroup."""
+    own = autogroup(os.getpid())
+    if own is None:
+        return
+    apart = {name: got for name, pid in pids.items() if (got := autogroup(pid)) not in (own, None)}
+    if apart:
+        raise RuntimeError(f"not in the bench's scheduler group {own}: {apart}")
 
 
 def wait_soa(port: int, *, addr: str = LOOPBACK, proc: subprocess.Popen[Any] | None = None,

@@ -1,10 +1,10 @@
-"""Benchmark of this machine, not of zoneslice: how fast one CPU answers DNS while the other
-CPU is idle, busy, or only waking up now and then.
+"""Benchmark of the benchmark set-up: how fast one CPU answers DNS while the other CPU is
+idle, busy, or only waking up now and then.
 
 Usage (loopback, free ports; needs nsd, bind9, dnsperf)::
 
     .venv/bin/python bench/bench_neighbour.py [--delegations 100000] [--duration 5]
-        [--servers zoneslice,nsd,bind] [--rounds 2]
+        [--servers zoneslice,nsd,bind] [--rounds 2] [--own-session]
 
 Each server (zoneslice's slice-1 server with one worker, NSD ``server-count: 1``, BIND
 ``-n 1``) and dnsperf run on CPU 0 (``taskset``), with the slice-1 query file of
@@ -17,10 +17,15 @@ bench_update. CPU 1 runs, for each measurement, one of:
 - ``burst 10 %``: 0.2 ms busy every 2 ms.
 
 Each server first gets ``--warmup-passes`` passes over the query file. The states are
-interleaved (``--rounds`` passes over them) because the background drifts between runs. It explains the split placement of bench_update: the update side's CPU
-is never idle there while updates arrive, and on this VM that alone changes what the
-query CPU can do, for NSD and BIND as for zoneslice. Results go to stdout and
-``<workdir>/neighbour-results.json``.
+interleaved (``--rounds`` passes over them) because the background drifts between runs.
+
+By default every process is in the bench's session, so in one scheduler autogroup, and
+the neighbour should cost the query CPU nothing. ``--own-session`` starts the server with
+``setsid``, as bench_update did until session 5: the server's autogroup then holds the
+whole weight on CPU 0 while dnsperf's group (which also holds the neighbour) gets a share
+of it in proportion to its load there, and every state but ``idle`` and ``wake 4/s``
+halves the rate. That artefact, not the VM, was the "neighbour" loss reported before.
+Results go to stdout and ``<workdir>/neighbour-results.json``.
 """
 
 from __future__ import annotations
@@ -42,7 +47,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from bench._common import LOOPBACK, build_slices, dnsperf, log, taskset, wait_soa  # noqa: E402
+from bench._common import (  # noqa: E402
+    LOOPBACK,
+    autogroup,
+    build_slices,
+    check_one_sched_group,
+    dnsperf,
+    log,
+    taskset,
+    wait_soa,
+)
 from bench.bench_engine import write_queries  # noqa: E402
 from tests.bind import free_port, named  # noqa: E402
 from tests.nsd import nsd_config  # noqa: E402
@@ -79,14 +93,17 @@ STATES = {"idle": None, "spin": "spin", "wake 100/s": "wake100", "wake 4/s": "wa
 
 
 @contextlib.contextmanager
-def server(name: str, work: Path, zone: Path, slice_db: Path, port: int) -> Iterator[str]:
-    """One server on SERVER_CPU answering on ``port``; yields a description."""
+def server(name: str, work: Path, zone: Path, slice_db: Path, port: int,
+           own_session: bool = False) -> Iterator[str]:
+    """One server on SERVER_CPU answering on ``port`` (in its own session with
+    ``own_session``); yields a description."""
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
+    prefix = ["setsid", *taskset(SERVER_CPU)] if own_session else taskset(SERVER_CPU)
     if name == "bind":
         with named(zone, "com.", d, ADDR, port, key_name="neighbour-key.", secret=SECRET,
-                   workers=1, popen=taskset(SERVER_CPU), timeout=300):
-            yield "BIND named -n 1"
+                   workers=1, popen=prefix, timeout=300) as proc:
+            yield in_group(proc.pid, "BIND named -n 1", own_session)
         return
     if name == "nsd":
         (d / "nsd.conf").write_text(nsd_config(zone, "com.", d, ADDR, port))
@@ -97,13 +114,23 @@ def server(name: str, work: Path, zone: Path, slice_db: Path, port: int) -> Iter
                "--listen", f"{ADDR}:{port}", "--stats", str(d / "stats")]
         what = "zoneslice serve, slice 1 of 3, 1 worker"
     with open(d / "stderr", "w") as err:
-        proc = subprocess.Popen([*taskset(SERVER_CPU), *cmd], stdout=subprocess.DEVNULL,
-                                stderr=err, start_new_session=True)
+        proc = subprocess.Popen([*prefix, *cmd], stdout=subprocess.DEVNULL, stderr=err)
         try:
             wait_soa(port, proc=proc)
-            yield what
+            yield in_group(proc.pid, what, own_session)
         finally:
             stop_servers([proc], timeout=15)
+
+
+def in_group(pid: int, what: str, own_session: bool) -> str:
+    """``what``, after checking that ``pid`` is (or, with ``own_session``, is not) in the
+    bench's scheduler autogroup."""
+    if not own_session:
+        check_one_sched_group({what: pid})
+        return what
+    if autogroup(pid) == autogroup(os.getpid()):
+        raise RuntimeError(f"{what}: setsid left it in the bench's scheduler group")
+    return f"{what}, own session ({autogroup(pid) or 'autogroup off'})"
 
 
 def warm(port: int, queries: Path, passes: int) -> None:
@@ -144,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-passes", type=int, default=3)
     ap.add_argument("--servers", default="zoneslice,nsd,bind",
                     help="comma list of zoneslice, nsd, bind")
+    ap.add_argument("--own-session", action="store_true",
+                    help="start each server with setsid (its own scheduler autogroup), as "
+                         "bench_update did before session 5")
     a = ap.parse_args(argv)
     if not {SERVER_CPU, NEIGHBOUR_CPU} <= os.sched_getaffinity(0):
         raise SystemExit("needs CPUs 0 and 1")
@@ -151,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(a.servers.split(",")) - set(tools)
     if unknown:
         ap.error(f"--servers: unknown {', '.join(sorted(unknown))} (known: {', '.join(tools)})")
-    for tool in ["dnsperf", "taskset", *(t for n in a.servers.split(",") for t in tools[n])]:
+    for tool in ["dnsperf", "taskset", "setsid", *(t for n in a.servers.split(",") for t in tools[n])]:
         if shutil.which(tool) is None:
             print(f"{tool} is not installed (scripts/setup.sh installs it)", file=sys.stderr)
             return 2
@@ -162,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     if not queries.exists():
         write_queries(slice_db, queries, 100_000, a.seed)
     res: dict[str, Any] = {"machine": f"{os.cpu_count()} vCPU", "duration": a.duration,
-                           "servers": {}}  # fmt: skip
+                           "own_session": a.own_session, "servers": {}}  # fmt: skip
     for name in a.servers.split(","):
         port = free_port()
-        with server(name, work / "neighbour", zone, slice_db, port) as what:
+        with server(name, work / "neighbour", zone, slice_db, port, a.own_session) as what:
             warm(port, queries, a.warmup_passes)
             runs: dict[str, list[float]] = {s: [] for s in STATES}
             for _ in range(a.rounds):

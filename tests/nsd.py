@@ -145,7 +145,7 @@ class NsdServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            start_new_session=True,
+            process_group=0,
         )
         self.port = port
         query = dns.message.make_query(self.origin, "SOA")

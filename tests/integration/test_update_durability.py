@@ -48,7 +48,7 @@ def start(db: Path, port: int, stats: Path) -> subprocess.Popen[str]:
          "--workers", "2", "--stats", str(stats), "--tsig-keys", str(keys),
          "--axfr-allow", "127.0.0.1"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
+        process_group=0,
     )
     deadline = time.monotonic() + 30
     while not (stats / "server.json").exists():

@@ -97,7 +97,7 @@ def test_knot_secondary_takes_ixfr(tmp_path: Path) -> None:
                     role=primary_role_factory(db, {}, allow_unsigned=["127.0.0.0/8"],
                                               notify=[(KNOT, kport)])):  # fmt: skip
         knot = subprocess.Popen(["knotd", "-c", str(kdir / "knot.conf")], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+                                stderr=subprocess.PIPE, process_group=0)  # fmt: skip
         try:
             deadline = time.monotonic() + 30
             while serial_of(KNOT, kport) is None:
