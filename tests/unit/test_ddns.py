@@ -320,6 +320,74 @@ def test_group_commit_rolls_back_refused_alone(q: UpdateQueue, db: Path) -> None
     assert serial(db) == 102
 
 
+def test_one_batch_equals_one_commit_per_message(tmp_path: Path) -> None:
+    """A group is written once at the end (its net change): the rows, journal and serial
+    must be those of the same messages committed one by one, with a refusal in the middle
+    and later messages reading what earlier ones in the group did."""
+
+    def messages() -> list[dns.update.UpdateMessage]:
+        out = []
+        u = new()
+        u.add("x", 300, "A", "192.0.2.10")
+        out.append(u)
+        u = new()
+        u.present("x", "A")
+        u.delete("x", "A", "192.0.2.10")
+        u.add("x", 300, "A", "192.0.2.20")
+        out.append(u)
+        u = new()
+        u.present("nope")
+        u.add("x", 300, "A", "192.0.2.30")
+        out.append(u)
+        u = new()
+        u.add("x", 600, "A", "192.0.2.21")  # new TTL for the whole RRset
+        u.add("x", 600, "TXT", '"t"')
+        u.delete("www", "A", "192.0.2.80")
+        out.append(u)
+        u = new()
+        u.delete("x", "AAAA")  # changes nothing: no serial step
+        out.append(u)
+        u = new()
+        u.add("@", 300, "SOA", "ns1 hostmaster 500 3600 900 604800 300")
+        u.delete("x", "TXT")
+        out.append(u)
+        u = new()
+        u.absent("x", "TXT")
+        u.delete("x")
+        u.add("x", 60, "CNAME", "www")
+        out.append(u)
+        return out
+
+    def run_in(group: bool) -> tuple[list[int], list[tuple], list[tuple], str]:
+        zf = tmp_path / "example.zone"
+        zf.write_text(ZONE)
+        d = split_zone(zf, 1, tmp_path / ("group" if group else "single")).manifest.slice_path(0)
+        queue = UpdateQueue(d)
+        try:
+            jobs = []
+            for u in messages():
+                wire = u.to_wire()
+                jobs.append(Job(dns.message.from_wire(wire, one_rr_per_rrset=True), wire))
+            if group:
+                rcodes = [r.rcode for r in queue.apply_batch(jobs)]
+                assert queue.counters["commits"] == 1
+            else:
+                rcodes = [queue.apply_batch([j])[0].rcode for j in jobs]
+        finally:
+            queue.close()
+        with sqlite3.connect(d) as c:
+            steps = c.execute(
+                "SELECT serial_from, serial_to, deleted, added FROM journal ORDER BY seq"
+            ).fetchall()
+            serial_now = c.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()[0]
+        return rcodes, state(d), steps, serial_now
+
+    grouped, single = run_in(True), run_in(False)
+    assert grouped[0] == [0, 0, dns.rcode.NXDOMAIN, 0, 0, 0, 0]
+    assert grouped == single
+    assert grouped[3] == "501" and len(grouped[2]) == 5
+
+
 def test_writer_thread_groups_concurrent_updates(q: UpdateQueue, db: Path) -> None:
     futures = []
     for i in range(20):

@@ -1,12 +1,13 @@
 """RFC 2136 UPDATE processing against one slice (or whole-zone) database.
 
 :func:`process` takes a parsed UPDATE (:func:`zoneslice.updates.wire.parse_update`,
-records in wire order) and applies it inside a SAVEPOINT of the caller's
-transaction: zone section (FORMERR / NOTAUTH), prerequisites in RFC order
-(§3.2), prescan of the update section (§3.4.1), ordered application (§3.4.2),
-then one serial bump and one journal entry. Any refusal rolls the savepoint
-back, so the zone and its serial stay as they were; committing (and fsyncing)
-is the caller's job (:mod:`zoneslice.updates.queue`).
+records in wire order) and applies it to the rows of a :class:`Batch`, in memory:
+zone section (FORMERR / NOTAUTH), prerequisites in RFC order (§3.2), prescan of
+the update section (§3.4.1), ordered application (§3.4.2), then one serial bump
+and one journal entry. A refusal is decided before anything is written, so the
+zone and its serial stay as they were without a SAVEPOINT; the batch writes the
+net change of all its messages at :meth:`Batch.finish`, and committing (and
+fsyncing) is the caller's job (:mod:`zoneslice.updates.queue`).
 
 Rules beyond the RFC's pseudocode, as BIND and Knot apply them: a new TTL
 applies to the whole RRset; CNAME coexists only with DNSSEC types; an update
@@ -133,16 +134,42 @@ def canonical(rdtype: int, rdata: bytes) -> bytes:
 
 
 class Batch:
-    """What the messages of one transaction (one group commit) share: the rows read so far
-    and the SOA, written once at the end (:meth:`finish`) instead of once per message."""
+    """What the messages of one transaction (one group commit) share: the owned rows of
+    every node they read, as the database holds them (``stored``) and as the messages
+    left them (``rows``), and the SOA; :meth:`finish` writes the difference once, so a
+    batch costs two ``executemany`` rather than a statement per record and a SAVEPOINT
+    per message."""
 
     def __init__(self) -> None:
         self.rows: dict[bytes, set[Row]] = {}
+        self.stored: dict[bytes, frozenset[Row]] = {}
         self.soa: Row | None = None
         self.dirty = False
 
     def finish(self, conn: sqlite3.Connection) -> None:
-        """Write the SOA and the meta serial; call before the commit."""
+        """Write the batch's net change, the SOA and the meta serial; call before the
+        commit. A database error here leaves the transaction for the caller to roll back."""
+        gone: list[tuple[bytes, int, int, bytes, int]] = []
+        come: list[tuple[bytes, int, int, bytes, int, int]] = []
+        for key, now in self.rows.items():
+            was = self.stored[key]
+            if now == was:
+                continue
+            gone += [(key, r[0], r[1], r[2], OWNED) for r in was - now if r[0] != T.SOA]
+            come += [(key, *r, OWNED) for r in now - was if r[0] != T.SOA]
+            self.stored[key] = frozenset(now)
+        if gone:
+            conn.executemany(
+                "DELETE FROM rr WHERE rkey = ? AND rdtype = ? AND covers = ? AND rdata = ?"
+                " AND origin = ?",
+                gone,
+            )
+        if come:
+            conn.executemany(
+                "INSERT OR REPLACE INTO rr (rkey, rdtype, covers, rdata, ttl, origin)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                come,
+            )
         if not self.dirty or self.soa is None:
             return
         conn.execute("DELETE FROM rr WHERE rkey = x'' AND rdtype = ? AND origin = ?", (T.SOA, OWNED))
@@ -158,7 +185,8 @@ class Batch:
 
 
 class _Store:
-    """Owned rows of one database through the caller's connection, cached for the batch."""
+    """Owned rows of one database through the caller's connection, read once per batch
+    into the :class:`Batch` (which writes them back)."""
 
     def __init__(self, conn: sqlite3.Connection, origin: dns.name.Name, batch: Batch) -> None:
         self.conn = conn
@@ -178,6 +206,7 @@ class _Store:
                     (key, OWNED),
                 )
             )
+            self.batch.stored[key] = frozenset(cached)
         if not key and self.batch.soa is not None:
             return {r for r in cached if r[0] != T.SOA} | {self.batch.soa}
         return set(cached)
@@ -188,48 +217,9 @@ class _Store:
     def rrset(self, key: bytes, rdtype: int) -> list[Row]:
         return [r for r in self.rows(key) if r[0] == rdtype]
 
-    def insert(self, key: bytes, rdtype: int, covers: int, rdata: bytes, ttl: int) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO rr (rkey, rdtype, covers, rdata, ttl, origin)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (key, rdtype, covers, rdata, ttl, OWNED),
-        )
-        cached = self.cache.get(key)
-        if cached is not None:
-            for r in [r for r in cached if r[0] == rdtype and r[1] == covers and r[2] == rdata]:
-                cached.discard(r)
-            cached.add((rdtype, covers, rdata, ttl))
-
-    def delete(self, key: bytes, rdtype: int, covers: int, rdata: bytes) -> None:
-        self.conn.execute(
-            "DELETE FROM rr WHERE rkey = ? AND rdtype = ? AND covers = ? AND rdata = ?"
-            " AND origin = ?",
-            (key, rdtype, covers, rdata, OWNED),
-        )
-        cached = self.cache.get(key)
-        if cached is not None:
-            for r in [r for r in cached if r[0] == rdtype and r[1] == covers and r[2] == rdata]:
-                cached.discard(r)
-
-    def delete_type(self, key: bytes, rdtype: int) -> None:
-        self.conn.execute(
-            "DELETE FROM rr WHERE rkey = ? AND rdtype = ? AND origin = ?", (key, rdtype, OWNED)
-        )
-        cached = self.cache.get(key)
-        if cached is not None:
-            for r in [r for r in cached if r[0] == rdtype]:
-                cached.discard(r)
-
-    def set_ttl(self, key: bytes, rdtype: int, covers: int, ttl: int) -> None:
-        self.conn.execute(
-            "UPDATE rr SET ttl = ? WHERE rkey = ? AND rdtype = ? AND covers = ? AND origin = ?",
-            (ttl, key, rdtype, covers, OWNED),
-        )
-        cached = self.cache.get(key)
-        if cached is not None:
-            for r in [r for r in cached if r[0] == rdtype and r[1] == covers]:
-                cached.discard(r)
-                cached.add((r[0], r[1], r[2], ttl))
+    def store(self, key: bytes, rows: set[Row]) -> None:
+        """The node's rows after a message that passed every check (written at finish)."""
+        self.cache[key] = set(rows)
 
     def soa(self) -> Row:
         rows = self.rrset(b"", T.SOA)
@@ -252,31 +242,20 @@ def process(
     serial_policy: str = "increment",
     batch: Batch | None = None,
 ) -> UpdateResult:
-    """Apply one UPDATE (:func:`zoneslice.updates.wire.parse_update`) in a SAVEPOINT of
-    ``conn``'s open transaction; never raises for a refusal (the rcode says it), only
-    for database failures (after rolling back).
+    """Apply one UPDATE (:func:`zoneslice.updates.wire.parse_update`) to ``batch`` inside
+    ``conn``'s open transaction; never raises for a refusal (the rcode says it, and nothing
+    was changed), only for database failures (the caller rolls the transaction back).
 
     Messages of one transaction share a :class:`Batch`, whose ``finish`` must run
-    before the commit; without one, the SOA is written before returning.
+    before the commit; without one, the change is written before returning.
     """
-    own = batch is None
     b = Batch() if batch is None else batch
-    conn.execute("SAVEPOINT ddns")
     try:
         result = _process(conn, upd, zone, allowed, serial_policy, b)
     except UpdateRefused as exc:
-        conn.execute("ROLLBACK TO ddns")
-        conn.execute("RELEASE ddns")
-        b.rows.clear()
         return UpdateResult(exc.rcode, reason=str(exc))
-    except BaseException:
-        conn.execute("ROLLBACK TO ddns")
-        conn.execute("RELEASE ddns")
-        b.rows.clear()
-        raise
-    if own:
+    if batch is None:
         b.finish(conn)
-    conn.execute("RELEASE ddns")
     return result
 
 
@@ -377,26 +356,21 @@ class _Applier:
         return key
 
     def _insert(self, key: bytes, row: Row) -> None:
-        rdtype, covers, rdata, ttl = row
+        rdtype, covers, rdata, _ttl = row
         cur = self.cur[key]
         for r in [r for r in cur if r[0] == rdtype and r[1] == covers and r[2] == rdata]:
             cur.discard(r)
         cur.add(row)
-        self.store.insert(key, rdtype, covers, rdata, ttl)
 
     def _delete_rows(self, key: bytes, rows: list[Row]) -> None:
         cur = self.cur[key]
         for r in rows:
             cur.discard(r)
-            self.store.delete(key, r[0], r[1], r[2])
 
     def _delete_type(self, key: bytes, rdtype: int) -> None:
         cur = self.cur[key]
-        gone = [r for r in cur if r[0] == rdtype]
-        if gone:
-            for r in gone:
-                cur.discard(r)
-            self.store.delete_type(key, rdtype)
+        for r in [r for r in cur if r[0] == rdtype]:
+            cur.discard(r)
 
     def apply(self, rec: Rec) -> None:
         if rec.rdclass == dns.rdataclass.IN:
@@ -436,12 +410,9 @@ class _Applier:
         self._delete_rows(key, [r for r in cur if r[0] == rdtype and r[1] == covers
                                 and canonical(rdtype, r[2]) == want])
         self._insert(key, (rdtype, covers, rdata, rec.ttl))
-        stale = [r for r in cur if r[0] == rdtype and r[1] == covers and r[3] != rec.ttl]
-        if stale:
-            for r in stale:
-                cur.discard(r)
-                cur.add((r[0], r[1], r[2], rec.ttl))
-            self.store.set_ttl(key, rdtype, covers, rec.ttl)
+        for r in [r for r in cur if r[0] == rdtype and r[1] == covers and r[3] != rec.ttl]:
+            cur.discard(r)
+            cur.add((r[0], r[1], r[2], rec.ttl))
 
     def delete_rrsets(self, name: dns.name.Name, rdtype: int) -> None:
         apex = name == self.zone.origin
@@ -505,6 +476,8 @@ def _process(
     deleted, added, names = applier.diff()
     if not (deleted or added or applier.soa_set):
         return UpdateResult(R.NOERROR)
+    for key, rows in applier.cur.items():
+        store.store(key, rows)
     if applier.soa_set:
         (new_soa,) = [r for r in applier.cur[b""] if r[0] == T.SOA]
     else:
