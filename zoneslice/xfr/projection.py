@@ -769,12 +769,14 @@ class Projector:
         """The slices that can hold rows at ``key`` (None: maybe any). A slice not owning
         the key holds rows there only as glue of its own references (A/AAAA, their
         RRSIGs, the NS of cuts above such glue), through a redirect or the apex wildcard,
-        or as NSEC/NSEC3 copies: everything but the references goes to "any"."""
+        or as NSEC/NSEC3 copies: everything but the references goes to "any". No rows: none."""
         v0 = next(iter(views.values()))
         if key == b"" or WILD <= key < WILD_END or any(v.events for v in views.values()):
             return None
         state = v0.state
         rows = state.rows(key)
+        if not rows:
+            return set()
         if v0.mode and any(_is_nsec_row(t, c) or _is_nsec3_row(t, c) for t, c, _, _ in rows):
             return None
         out = {state.slice_of(key)}
