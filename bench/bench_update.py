@@ -50,7 +50,7 @@ per CPU placement of ``--placement`` (default both), each with freshly started s
   primary's (waiting up to 10 s) and the catch-up time or the lag is recorded.
   Each rate also gets a second, control baseline: 0 upd/s while a CPU load unrelated
   to DNS (:data:`NEIGHBOUR_LOAD`) runs on the update CPU. The two vCPUs share core
-  resources (the query CPU answers 10-15 % slower while the other one is busy), so
+  resources (``bench_neighbour.py`` measures how much), so
   "vs 0 busy" is the part of the loss that the updates themselves cause.
 
 Every process (servers, dnsperf, senders) stays in this process's session, so in one
@@ -73,7 +73,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -98,6 +97,7 @@ from bench._common import (  # noqa: E402
 )
 from bench.bench_engine import write_queries  # noqa: E402
 from tests.bind import free_port, named, named_secondary_config, run_named  # noqa: E402
+from zoneslice.demo import stop_servers  # noqa: E402
 from zoneslice.trace.replay import parse_dnsperf  # noqa: E402
 from zoneslice.updates.updgen import UpdateGenerator, read_zone, to_message  # noqa: E402
 
@@ -421,15 +421,7 @@ class Zoneslice:
         return self.work / "slice-1.db" if self.slices_n is not None else self.db
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_servers(self.procs, timeout=20)
 
 
 class Bind:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -28,6 +27,8 @@ import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
+
+from zoneslice.demo import stop_servers
 
 
 def nsd_config(
@@ -166,13 +167,8 @@ class NsdServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        if proc is not None:
+            stop_servers([proc])
         if proc is not None and proc.stderr is not None:
             proc.stderr.close()
         if self.dir is not None:

@@ -99,7 +99,8 @@ def _zoneslice_exe() -> str | None:
 
 def stop_servers(procs: list[subprocess.Popen[Any]], timeout: float = 10.0) -> None:
     """SIGTERM all at once (they shut down in parallel), SIGKILL what is left after
-    ``timeout``: the one way servers are stopped here, in benchmarks and in tests."""
+    ``timeout`` (the whole process group when the server leads one, so that its workers
+    go too): the one way servers are stopped here, in benchmarks and in tests."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -107,7 +108,14 @@ def stop_servers(procs: list[subprocess.Popen[Any]], timeout: float = 10.0) -> N
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            try:
+                leads_group = os.getpgid(proc.pid) == proc.pid
+            except ProcessLookupError:
+                leads_group = False
+            if leads_group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
             proc.wait()
 
 
