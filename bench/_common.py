@@ -44,7 +44,10 @@ def taskset(cpu: int | None) -> list[str]:
     return [] if cpu is None else ["taskset", "-c", str(cpu)]
 
 
-def autogroup(pid: int) -> str | None:
+PROC = Path("/proc")
+
+
+def autogroup(pid: int, proc: Path = PROC) -> str | None:
     """The scheduler autogroup of ``pid`` ("/autogroup-N"), or None when autogroup is off.
 
     With ``kernel.sched_autogroup_enabled`` (Debian's default) every session is one CFS
@@ -52,21 +55,25 @@ def autogroup(pid: int) -> str | None:
     its own session (``setsid``) next to a dnsperf whose session also runs work on the other
     CPU therefore gets most of the query CPU, dnsperf too little, and the measured rate
     halves whenever that other work runs. Benchmarks keep every process in one group.
+    A process that no ``setsid`` ever touched (a child of PID 1, as under some CI
+    runners) is in the root group, whose file is empty: that is "/".
     """
     try:
-        if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() != "1":
+        if (proc / "sys/kernel/sched_autogroup_enabled").read_text().strip() != "1":
             return None
-        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
-    except (OSError, IndexError):
+        fields = (proc / str(pid) / "autogroup").read_text().split()
+    except OSError:
         return None
+    return fields[0] if fields else "/"
 
 
-def check_one_sched_group(pids: dict[str, int]) -> None:
+def check_one_sched_group(pids: dict[str, int], proc: Path = PROC) -> None:
     """Fail unless every named process is in this process's scheduler autogroup."""
-    own = autogroup(os.getpid())
+    own = autogroup(os.getpid(), proc)
     if own is None:
         return
-    apart = {name: got for name, pid in pids.items() if (got := autogroup(pid)) not in (own, None)}
+    apart = {name: got for name, pid in pids.items()
+             if (got := autogroup(pid, proc)) not in (own, None)}
     if apart:
         raise RuntimeError(f"not in the bench's scheduler group {own}: {apart}")
 
