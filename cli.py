@@ -27,7 +27,7 @@ from rich.table import Table
 
 from zoneslice import errors
 
-COMMIT_DELAY = 0.005
+COMMIT_DELAY = 0.02
 
 
 class ExitStatus(IntEnum):

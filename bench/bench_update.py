@@ -322,9 +322,12 @@ class Zoneslice:
     label = "zoneslice"
 
     def __init__(self, work: Path, slices_whole: Path, slices_n: Path | None, workers: int,
-                 notify_delay: float = 1.0, split: bool = False) -> None:
-        """``split``: primary on UPDATE_CPU, secondary on QUERY_CPU (needs ``slices_n``)."""
+                 notify_delay: float = 1.0, split: bool = False,
+                 commit_delay: float | None = None) -> None:
+        """``split``: primary on UPDATE_CPU, secondary on QUERY_CPU (needs ``slices_n``);
+        ``commit_delay``: the primary's ``--commit-delay`` (None: serve's default)."""
         self.notify_delay = notify_delay
+        self.commit_delay = commit_delay
         self.split = split
         self.cpu = {"primary": UPDATE_CPU, "secondary": QUERY_CPU} if split else {}
         self.work = work / ("zoneslice-split" if split else "zoneslice")
@@ -351,6 +354,9 @@ class Zoneslice:
         self.roles[name] = p.pid
         return p
 
+    def _commit_args(self) -> list[str]:
+        return [] if self.commit_delay is None else ["--commit-delay", str(self.commit_delay)]
+
     def start(self) -> None:
         notify: list[str] = []
         if self.slices_n is not None:
@@ -360,7 +366,7 @@ class Zoneslice:
                       "--notify-delay", str(self.notify_delay)]
         self._serve([str(self.db), "--listen", f"{ADDR}:{self.port}", "--workers",
                      str(self.workers), "--tsig-keys", str(self.keys), "--stats",
-                     str(self.work / "stats"), *notify], "primary")
+                     str(self.work / "stats"), *notify, *self._commit_args()], "primary")
         wait_soa(self.port)
         self._writer_pid("primary", self.work / "stats")
         self.describe = (f"zoneslice primary (whole zone, {self.workers} workers + writer, "
@@ -678,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure each rate's pair (0 upd/s run, then the rate) this many times "
                          "and report the pair with the median ratio; a single 8 s dnsperf run "
                          "on this VM varies by about 10 %%")
+    ap.add_argument("--commit-delay", type=float, default=None, metavar="SECONDS",
+                    help="zoneslice primary's --commit-delay (default: serve's own)")
     ap.add_argument("--notify-delay", type=float, default=1.0,
                     help="zoneslice primary's NOTIFY coalescing; in split placement also BIND's "
                          "notify-delay (rounded to whole seconds)")
@@ -736,12 +744,13 @@ def main(argv: list[str] | None = None) -> int:
             for name in servers:
                 srv: Any
                 if placement == "shared" and name == "zoneslice":
-                    srv = Zoneslice(work, whole, slices_n, a.workers, a.notify_delay)
+                    srv = Zoneslice(work, whole, slices_n, a.workers, a.notify_delay,
+                                    commit_delay=a.commit_delay)
                 elif placement == "shared":
                     srv = Bind(work, zone, a.workers)
                 elif name == "zoneslice":
                     srv = Zoneslice(work, whole, slices_3, a.split_workers, a.notify_delay,
-                                    split=True)
+                                    split=True, commit_delay=a.commit_delay)
                 else:
                     srv = BindPair(work, zone, a.split_workers, a.notify_delay)
                 results["placements"][placement]["servers"][name] = run_server(

@@ -681,8 +681,9 @@ def test_tsig_checked_and_signed_as_dnspython_does(alg: str) -> None:
 
 
 def test_commit_delay_groups_a_trickle_and_a_full_group_goes_at_once(db: Path) -> None:
-    """Updates arriving a few ms apart share one commit when --commit-delay lets the group
-    wait; a group that reaches commit_group goes at once; stop() applies what waits."""
+    """A lone update is applied at once; updates arriving a few ms apart share one commit
+    when --commit-delay lets the group wait; a group that reaches commit_group goes at
+    once; stop() applies what waits."""
     policy = UpdatePolicy.from_grants("example.", KEYRING, [], ["127.0.0.0/8"])
     role = PrimaryRole(KEYRING, policy, commit_delay=0.2, commit_group=4)
     loop = asyncio.new_event_loop()
@@ -693,24 +694,31 @@ def test_commit_delay_groups_a_trickle_and_a_full_group_goes_at_once(db: Path) -
         u.add(f"trickle{i}", 300, "A", f"192.0.2.{i + 1}")
         return u.to_wire()
 
-    async def trickle(n: int, gap: float) -> list[bytes | None]:
+    async def trickle(first: int, n: int, gap: float | None) -> list[bytes | None]:
         tasks = []
-        for i in range(n):
+        for i in range(first, first + n):
             tasks.append(asyncio.ensure_future(role.handle(wire(i), client, False)))
-            await asyncio.sleep(gap)
+            if gap is not None:
+                await asyncio.sleep(gap)
         return await asyncio.gather(*tasks)
+
+    def noerror(answers: list[bytes | None]) -> bool:
+        return all(a is not None and dns.message.from_wire(a).rcode() == dns.rcode.NOERROR
+                   for a in answers)
 
     try:
         loop.run_until_complete(role.start(NodeContext(db, None, [])))
         counters = role.queue.counters
         t = time.monotonic()
-        answers = loop.run_until_complete(trickle(3, 0.01))
-        assert all(dns.message.from_wire(a).rcode() == dns.rcode.NOERROR for a in answers)
-        assert counters["commits"] == 1 and counters["updates"] == 3
+        assert noerror(loop.run_until_complete(trickle(0, 1, None)))
+        assert counters["commits"] == 1 and time.monotonic() - t < 0.1
+        t = time.monotonic()
+        assert noerror(loop.run_until_complete(trickle(1, 3, 0.01)))
+        assert counters["commits"] == 2 and counters["updates"] == 4
         assert time.monotonic() - t >= 0.2
         t = time.monotonic()
-        loop.run_until_complete(trickle(4, 0.0))
-        assert counters["commits"] == 2 and time.monotonic() - t < 0.15
+        assert noerror(loop.run_until_complete(trickle(4, 4, None)))
+        assert counters["commits"] == 3 and time.monotonic() - t < 0.15
         late = asyncio.ensure_future(role.handle(wire(9), client, False), loop=loop)
         loop.run_until_complete(asyncio.sleep(0.01))
         loop.run_until_complete(role.stop())
@@ -718,3 +726,4 @@ def test_commit_delay_groups_a_trickle_and_a_full_group_goes_at_once(db: Path) -
     finally:
         loop.close()
     assert rrset(db, "trickle9.example.", "A") == {("192.0.2.10", 300)}
+

@@ -53,7 +53,9 @@ class PrimaryRole:
     (PostgreSQL's ``commit_delay``): at a steady trickle of updates each commit
     would otherwise carry one update and its fixed costs (fsync, projection of
     the slices, journal entries, NOTIFY timer) alone. Concurrent senders fill the
-    group at once and never wait.
+    group at once and never wait, and neither does an update that follows the one
+    before it by more than ``commit_delay`` (no stream to wait for: an occasional
+    update is applied at once).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class PrimaryRole:
         self.commit_delay = commit_delay
         self.commit_group = commit_group
         self._delayed: asyncio.TimerHandle | None = None
+        self._last_arrival = float("-inf")
         self.notifier_options = dict(notifier_options or {})
         self.notify_delay = notify_delay
         self._notify_serial: int | None = None
@@ -216,9 +219,12 @@ class PrimaryRole:
         assert self._loop is not None
         job = Job(upd, wire, allowed, self._loop.create_future())
         self._pending.append(job)
+        now = self._loop.time()
+        streaming = now - self._last_arrival < self.commit_delay
+        self._last_arrival = now
         if not self._scheduled:
             self._scheduled = True
-            if self.commit_delay > 0 and len(self._pending) < self.commit_group:
+            if streaming and len(self._pending) < self.commit_group:
                 self._delayed = self._loop.call_later(self.commit_delay, self._drain)
             else:
                 self._loop.call_soon(self._drain)

@@ -1,9 +1,10 @@
 """The single writer: UPDATEs queue up and one thread applies them, many per commit.
 
 As Knot's ``ddns_queue`` drained by the update event: whatever is waiting when
-the writer comes round is applied in one SQLite transaction (group commit), each
-message inside its own SAVEPOINT so a refused one rolls back alone
-(:func:`zoneslice.updates.ddns.process`). The transaction commits in WAL mode
+the writer comes round is applied in one SQLite transaction (group commit). Each
+message is applied to the group's rows in memory, a refused one leaves them as
+they were (:func:`zoneslice.updates.ddns.process`), and the group's net change is
+written once. The transaction commits in WAL mode
 with ``synchronous=FULL`` (fsync) before any of the group's futures resolve, so
 an answer is never sent for a change that is not on disk (RFC 2136 §3.5).
 """
