@@ -17,17 +17,15 @@ import asyncio
 import functools
 import inspect
 import logging
-import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import dns.name
 import dns.rcode
 
-from zoneslice import journal
 from zoneslice.updates.acl import Keyring, UpdatePolicy
 from zoneslice.updates.handler import UpdateGate, header_error
-from zoneslice.updates.queue import Job, UpdateQueue
+from zoneslice.updates.queue import InTransaction, Job, UpdateQueue
 from zoneslice.updates.wire import parse_update, response
 
 log = logging.getLogger("zoneslice.primary")
@@ -35,7 +33,6 @@ log = logging.getLogger("zoneslice.primary")
 OP_NOTIFY = 4
 GATED = b"ZSG1"
 """Head of a message a worker has already gated: GATED, key name length, key name, wire."""
-InTransaction = Callable[[sqlite3.Connection, list[journal.Changeset]], None]
 
 
 class PrimaryRole:
@@ -46,8 +43,8 @@ class PrimaryRole:
     per ``notify_delay`` seconds (the latest serial when the delay is up; BIND's
     ``notify-delay``), so that a secondary fetches one IXFR per burst of
     updates instead of one per update.
-    ``in_transaction(conn, changesets)`` runs inside each commit (the per-slice
-    projection of the changes).
+    ``in_transaction(conn, changesets, before)`` runs inside each commit (the
+    per-slice projection of the changes; see :class:`UpdateQueue`).
     ``commit_delay`` (seconds) lets a group that would be smaller than
     ``commit_group`` wait that long for more updates before its transaction starts
     (PostgreSQL's ``commit_delay``): at a steady trickle of updates each commit

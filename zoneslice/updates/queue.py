@@ -18,7 +18,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +83,11 @@ class CommitSignal:
         self.map.close()
 
 
+InTransaction = Callable[
+    [sqlite3.Connection, list[journal.Changeset], Mapping[bytes, frozenset[ddns.Row]]], None
+]
+
+
 @dataclass
 class Job:
     """One parsed UPDATE waiting for the writer (a dnspython message is re-read from ``wire``)."""
@@ -102,9 +107,10 @@ class UpdateQueue:
     ``on_commit(names)`` runs in the writer thread after each commit that changed
     the zone, before the group's answers are released: the place to invalidate
     caches (and, later, XDP maps) so that no stale answer follows an ack.
-    ``in_transaction(conn, changesets)`` runs inside the transaction, before the
-    commit, so that what it writes (the per-slice projection of the changes)
-    commits or rolls back with them.
+    ``in_transaction(conn, changesets, before)`` runs inside the transaction, before
+    the commit, so that what it writes (the per-slice projection of the changes)
+    commits or rolls back with them; ``before`` holds the owned rows of every key the
+    group read, as they were before it (the projection need not read them again).
     """
 
     def __init__(
@@ -114,7 +120,7 @@ class UpdateQueue:
         serial_policy: str = "increment",
         max_batch: int = 256,
         on_commit: Callable[[set[dns.name.Name]], None] | None = None,
-        in_transaction: Callable[[sqlite3.Connection, list[journal.Changeset]], None] | None = None,
+        in_transaction: InTransaction | None = None,
     ) -> None:
         if serial_policy not in ddns.SERIAL_POLICIES:
             raise ValueError(f"serial policy must be one of {ddns.SERIAL_POLICIES}")
@@ -163,11 +169,12 @@ class UpdateQueue:
                         batch=batch,
                     )
                 )
+            before = dict(batch.stored)
             batch.finish(conn)
             t1 = clock()
             changesets = [r.changeset for r in results if r.changeset is not None]
             if changesets and self.in_transaction is not None:
-                self.in_transaction(conn, changesets)
+                self.in_transaction(conn, changesets, before)
             t2 = clock()
         t3 = clock()
         c["process_us"] += int(1e6 * (t1 - t0))

@@ -31,7 +31,7 @@ import bisect
 import functools
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import dns.name
@@ -219,6 +219,11 @@ class _State:
         out._refs = {k: v for k, v in self._refs.items() if k not in refs}
         out._below = {k: v for k, v in self._below.items() if k not in below}
         return out
+
+    def seed(self, rows: Mapping[bytes, Iterable[Rec]]) -> None:
+        """Rows known to be the database's at these keys (in its order, as a read gives)."""
+        for key, recs in rows.items():
+            self._rows.setdefault(key, sorted(recs))
 
     def rows(self, key: bytes) -> list[Rec]:
         got = self._rows.get(key)
@@ -553,6 +558,7 @@ class Projector:
         self._reader_for: sqlite3.Connection | None = None
         self._tables_in: sqlite3.Connection | None = None
         self._views: dict[int, SliceView] | None = None
+        self._whole = False
 
     def install(self, conn: sqlite3.Connection) -> None:
         """Record the plan and build the target index (own transaction unless one is open)."""
@@ -566,6 +572,7 @@ class Projector:
             origin = zone_origin(conn)
             if origin != self.plan.origin:
                 raise ValueError(f"plan is for {self.plan.origin}, the database holds {origin}")
+            self._whole = _meta(conn, "parts") == "1"
             text = plan_text(self.plan)
             if _meta(conn, META_PLAN) != text:
                 journal.clear_slices(conn)
@@ -584,8 +591,13 @@ class Projector:
 
     # -- the hook
 
-    def in_transaction(self, conn: sqlite3.Connection, changesets: list[journal.Changeset]) -> None:
-        """Append one slice_journal entry per slice for this batch (inside its transaction)."""
+    def in_transaction(
+        self, conn: sqlite3.Connection, changesets: list[journal.Changeset],
+        before: Mapping[bytes, Iterable[Rec]] | None = None,
+    ) -> None:
+        """Append one slice_journal entry per slice for this batch (inside its transaction).
+        ``before``: rows at some keys before the batch, as the update code read them; a
+        whole-zone database (all rows owned) takes them instead of reading them again."""
         if not changesets:
             return
         if self._tables_in is not conn:  # until they exist outside this transaction too
@@ -601,7 +613,7 @@ class Projector:
         soa_from, soa_to = changesets[0].soa_from, changesets[-1].soa_to
         reader = self._reader(conn) if refs_ok else None
         if reader is not None:
-            self._project_with_reader(conn, reader, changesets)
+            self._project_with_reader(conn, reader, changesets, before if self._whole else None)
             return
         self._undo(conn, changesets)
         if not refs_ok:  # the database changed behind our back: rebuild what we keep
@@ -671,7 +683,7 @@ class Projector:
 
     def _project_with_reader(
         self, conn: sqlite3.Connection, reader: sqlite3.Connection,
-        changesets: list[journal.Changeset],
+        changesets: list[journal.Changeset], before_rows: Mapping[bytes, Iterable[Rec]] | None,
     ) -> None:
         """The projection with the "before" state read through ``reader`` (the last commit)
         and the "after" state through ``conn``; only ``xfr_ref`` is brought up to date."""
@@ -696,6 +708,8 @@ class Projector:
             else:
                 before_views = after_views = views
             _fresh(before_views, reader)
+            if before_rows:
+                next(iter(before_views.values())).state.seed(before_rows)
             before = self._members(before_views, keys, extra)
             carried = next(iter(before_views.values())).state.carried(
                 conn, self.plan.origin, changesets, batch_changes)
