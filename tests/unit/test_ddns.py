@@ -727,3 +727,45 @@ def test_commit_delay_groups_a_trickle_and_a_full_group_goes_at_once(db: Path) -
         loop.close()
     assert rrset(db, "trickle9.example.", "A") == {("192.0.2.10", 300)}
 
+
+
+def test_closed_loop_senders_are_not_held_to_one_group_per_delay(db: Path) -> None:
+    """Two clients that each send their next update only after the answer: the first
+    delayed group gains nobody, so the following groups go at once (for WAIT_PAUSE)."""
+    policy = UpdatePolicy.from_grants("example.", KEYRING, [], ["127.0.0.0/8"])
+    role = PrimaryRole(KEYRING, policy, commit_delay=0.2, commit_group=8)
+    loop = asyncio.new_event_loop()
+    client = ("127.0.0.1", 5300)
+
+    def wire(name: str) -> bytes:
+        u = new()
+        u.add(name, 300, "A", "192.0.2.8")
+        return u.to_wire()
+
+    async def sender(tag: str, n: int) -> list[float]:
+        took = []
+        for i in range(n):
+            t = time.monotonic()
+            answer = await role.handle(wire(f"{tag}{i}"), client, False)
+            assert answer is not None
+            assert dns.message.from_wire(answer).rcode() == dns.rcode.NOERROR
+            took.append(time.monotonic() - t)
+        return took
+
+    async def two() -> list[list[float]]:
+        return await asyncio.gather(sender("a", 6), sender("b", 6))
+
+    try:
+        loop.run_until_complete(role.start(NodeContext(db, None, [])))
+        t = time.monotonic()
+        a, b = loop.run_until_complete(two())
+        elapsed = time.monotonic() - t
+        counters = role.queue.counters
+    finally:
+        loop.run_until_complete(role.stop())
+        loop.close()
+    assert counters["updates"] == 12
+    # the first group goes at once (no stream yet), the second waits 0.2 s in vain;
+    # the rest do not wait: 12 updates in well under 6 x 0.2 s
+    assert sorted(a + b)[-3] < 0.1 and elapsed < 0.6, (a, b, elapsed)
+    assert rrset(db, "b5.example.", "A") == {("192.0.2.8", 300)}

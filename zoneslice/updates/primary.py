@@ -31,6 +31,8 @@ from zoneslice.updates.wire import parse_update, response
 log = logging.getLogger("zoneslice.primary")
 
 OP_NOTIFY = 4
+WAIT_PAUSE = 1.0
+"""Seconds without commit delays after a delayed group that nobody joined late."""
 GATED = b"ZSG1"
 """Head of a message a worker has already gated: GATED, key name length, key name, wire."""
 
@@ -52,7 +54,11 @@ class PrimaryRole:
     the slices, journal entries, NOTIFY timer) alone. Concurrent senders fill the
     group at once and never wait, and neither does an update that follows the one
     before it by more than ``commit_delay`` (no stream to wait for: an occasional
-    update is applied at once).
+    update is applied at once). A wait that nobody joined in its second half means
+    the senders are waiting for our answers (a few closed-loop clients, as parallel
+    ``nsupdate`` runs, all in the group within a round trip): groups then go at once
+    for ``WAIT_PAUSE`` seconds before a wait is tried again, so those clients are not
+    held to one group per ``commit_delay``.
     """
 
     def __init__(
@@ -79,6 +85,10 @@ class PrimaryRole:
         self.commit_group = commit_group
         self._delayed: asyncio.TimerHandle | None = None
         self._last_arrival = float("-inf")
+        self._waiting = False
+        self._late_from = 0.0
+        self._late_joins = 0
+        self._waits_paused_until = float("-inf")
         self.notifier_options = dict(notifier_options or {})
         self.notify_delay = notify_delay
         self._notify_serial: int | None = None
@@ -217,11 +227,16 @@ class PrimaryRole:
         job = Job(upd, wire, allowed, self._loop.create_future())
         self._pending.append(job)
         now = self._loop.time()
-        streaming = now - self._last_arrival < self.commit_delay
+        streaming = now - self._last_arrival < self.commit_delay and now >= self._waits_paused_until
         self._last_arrival = now
+        if self._delayed is not None and now >= self._late_from:
+            self._late_joins += 1
         if not self._scheduled:
             self._scheduled = True
             if streaming and len(self._pending) < self.commit_group:
+                self._waiting = True
+                self._late_from = now + self.commit_delay / 2
+                self._late_joins = 0
                 self._delayed = self._loop.call_later(self.commit_delay, self._drain)
             else:
                 self._loop.call_soon(self._drain)
@@ -236,6 +251,10 @@ class PrimaryRole:
         as one group."""
         self._scheduled = False
         self._delayed = None
+        if self._waiting and not self._late_joins:
+            assert self._loop is not None  # nobody came late: the senders wait for our answers
+            self._waits_paused_until = self._loop.time() + WAIT_PAUSE
+        self._waiting = False
         jobs, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
         if self._pending:
             self._scheduled = True
