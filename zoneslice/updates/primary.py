@@ -33,6 +33,9 @@ log = logging.getLogger("zoneslice.primary")
 OP_NOTIFY = 4
 WAIT_PAUSE = 1.0
 """Seconds without commit delays after a delayed group that nobody joined late."""
+LATE_AFTER = 0.002
+"""An update joining a delayed group later than this (or half the delay) did not come
+back from an answer of ours within a local round trip: the senders are not all waiting."""
 GATED = b"ZSG1"
 """Head of a message a worker has already gated: GATED, key name length, key name, wire."""
 
@@ -54,11 +57,11 @@ class PrimaryRole:
     the slices, journal entries, NOTIFY timer) alone. Concurrent senders fill the
     group at once and never wait, and neither does an update that follows the one
     before it by more than ``commit_delay`` (no stream to wait for: an occasional
-    update is applied at once). A wait that nobody joined in its second half means
-    the senders are waiting for our answers (a few closed-loop clients, as parallel
-    ``nsupdate`` runs, all in the group within a round trip): groups then go at once
-    for ``WAIT_PAUSE`` seconds before a wait is tried again, so those clients are not
-    held to one group per ``commit_delay``.
+    update is applied at once). A wait that nobody joined after its first
+    ``LATE_AFTER`` means the senders are waiting for our answers (a few closed-loop
+    clients, as parallel ``nsupdate`` runs, all in the group within a round trip):
+    groups then go at once for ``WAIT_PAUSE`` seconds before a wait is tried again,
+    so those clients are not held to one group per ``commit_delay``.
     """
 
     def __init__(
@@ -108,6 +111,8 @@ class PrimaryRole:
             "acked": 0,
             "servfail": 0,
             "notify_received": 0,
+            "delayed_groups": 0,
+            "delay_pauses": 0,
             "rcodes": {},
         }
 
@@ -235,7 +240,8 @@ class PrimaryRole:
             self._scheduled = True
             if streaming and len(self._pending) < self.commit_group:
                 self._waiting = True
-                self._late_from = now + self.commit_delay / 2
+                self.counters["delayed_groups"] += 1
+                self._late_from = now + min(self.commit_delay / 2, LATE_AFTER)
                 self._late_joins = 0
                 self._delayed = self._loop.call_later(self.commit_delay, self._drain)
             else:
@@ -254,6 +260,7 @@ class PrimaryRole:
         if self._waiting and not self._late_joins:
             assert self._loop is not None  # nobody came late: the senders wait for our answers
             self._waits_paused_until = self._loop.time() + WAIT_PAUSE
+            self.counters["delay_pauses"] += 1
         self._waiting = False
         jobs, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
         if self._pending:
