@@ -247,6 +247,7 @@ class PrimaryRole:
             else:
                 self._loop.call_soon(self._drain)
         elif self._delayed is not None and len(self._pending) >= self.commit_group:
+            self._waiting = False  # the wait paid off: the group is full
             self._delayed.cancel()
             self._delayed = None
             self._loop.call_soon(self._drain)

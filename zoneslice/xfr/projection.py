@@ -596,8 +596,9 @@ class Projector:
         before: Mapping[bytes, Iterable[Rec]] | None = None,
     ) -> None:
         """Append one slice_journal entry per slice for this batch (inside its transaction).
-        ``before``: rows at some keys before the batch, as the update code read them; a
-        whole-zone database (all rows owned) takes them instead of reading them again."""
+        ``before``: owned rows at some keys before the batch, as the update code read
+        them; a whole-zone database without NSEC3 (where every row is owned) takes them
+        instead of reading them again."""
         if not changesets:
             return
         if self._tables_in is not conn:  # until they exist outside this transaction too
@@ -708,8 +709,9 @@ class Projector:
             else:
                 before_views = after_views = views
             _fresh(before_views, reader)
-            if before_rows:
-                next(iter(before_views.values())).state.seed(before_rows)
+            v0 = next(iter(before_views.values()))
+            if before_rows and v0.mode != "nsec3":  # NSEC3 rows are not owned, even here
+                v0.state.seed(before_rows)
             before = self._members(before_views, keys, extra)
             carried = next(iter(before_views.values())).state.carried(
                 conn, self.plan.origin, changesets, batch_changes)
