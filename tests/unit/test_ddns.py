@@ -680,19 +680,28 @@ def test_tsig_checked_and_signed_as_dnspython_does(alg: str) -> None:
         parse_update(bytes(cut), ring)
 
 
+def delaying_role(commit_group: int) -> PrimaryRole:
+    """A primary whose small groups wait 0.2 s, taking unsigned updates from loopback."""
+    policy = UpdatePolicy.from_grants("example.", KEYRING, [], ["127.0.0.0/8"])
+    return PrimaryRole(KEYRING, policy, commit_delay=0.2, commit_group=commit_group)
+
+
+def a_update(name: str, addr: str) -> bytes:
+    u = new()
+    u.add(name, 300, "A", addr)
+    return u.to_wire()
+
+
 def test_commit_delay_groups_a_trickle_and_a_full_group_goes_at_once(db: Path) -> None:
     """A lone update is applied at once; updates arriving a few ms apart share one commit
     when --commit-delay lets the group wait; a group that reaches commit_group goes at
     once; stop() applies what waits."""
-    policy = UpdatePolicy.from_grants("example.", KEYRING, [], ["127.0.0.0/8"])
-    role = PrimaryRole(KEYRING, policy, commit_delay=0.2, commit_group=4)
+    role = delaying_role(commit_group=4)
     loop = asyncio.new_event_loop()
     client = ("127.0.0.1", 5300)
 
     def wire(i: int) -> bytes:
-        u = new()
-        u.add(f"trickle{i}", 300, "A", f"192.0.2.{i + 1}")
-        return u.to_wire()
+        return a_update(f"trickle{i}", f"192.0.2.{i + 1}")
 
     async def trickle(first: int, n: int, gap: float | None) -> list[bytes | None]:
         tasks = []
@@ -732,15 +741,12 @@ def test_commit_delay_groups_a_trickle_and_a_full_group_goes_at_once(db: Path) -
 def test_closed_loop_senders_are_not_held_to_one_group_per_delay(db: Path) -> None:
     """Two clients that each send their next update only after the answer: the first
     delayed group gains nobody, so the following groups go at once (for WAIT_PAUSE)."""
-    policy = UpdatePolicy.from_grants("example.", KEYRING, [], ["127.0.0.0/8"])
-    role = PrimaryRole(KEYRING, policy, commit_delay=0.2, commit_group=8)
+    role = delaying_role(commit_group=8)
     loop = asyncio.new_event_loop()
     client = ("127.0.0.1", 5300)
 
     def wire(name: str) -> bytes:
-        u = new()
-        u.add(name, 300, "A", "192.0.2.8")
-        return u.to_wire()
+        return a_update(name, "192.0.2.8")
 
     async def sender(tag: str, n: int) -> list[float]:
         took = []
