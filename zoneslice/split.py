@@ -351,7 +351,7 @@ class _Zone:
     def _conn(self, j: int) -> sqlite3.Connection:
         conn = self.conns.get(j)
         if conn is None:
-            conn = sqlite3.connect(self.paths[j].as_uri() + "?mode=ro", uri=True)
+            conn = sqlite3.connect(self.paths[j].resolve().as_uri() + "?mode=ro", uri=True)
             self.conns[j] = conn
         return conn
 

@@ -62,6 +62,32 @@ def test_split_prints_a_summary(zone: Path, tmp_path: Path) -> None:
         assert s.display in run.stdout and s.sha256[:12] in run.stdout
 
 
+def test_split_the_clients_way_with_relative_paths(
+    zone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`zoneslice split com.zone --parts 3` in the zone's directory: relative paths all the
+    way (sibling glue is read back through read-only URIs, which need absolute paths)."""
+    (tmp_path / "com.zone").write_bytes(zone.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    run = Run("split", "com.zone", "--parts", "3")
+    assert run.status == cli.ExitStatus.OK, run.stderr
+    written = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(written) == 1
+    m = load_manifest(written[0])
+    assert m.parts == 3 and all(written[0].joinpath(s.file).exists() for s in m.slices)
+    assert any(r > 0 for r in glue_copies(written[0], m))
+
+
+def glue_copies(out: Path, m) -> list[int]:
+    import sqlite3
+
+    counts = []
+    for s in m.slices:
+        with sqlite3.connect(out / s.file) as conn:
+            counts.append(conn.execute("SELECT count(*) FROM rr WHERE origin != 1").fetchone()[0])
+    return counts
+
+
 def test_split_json(zone: Path, tmp_path: Path) -> None:
     out = tmp_path / "s"
     run = Run("split", zone, "--parts", "2", "--out", out, "--json")
