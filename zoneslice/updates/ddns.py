@@ -135,8 +135,9 @@ def canonical(rdtype: int, rdata: bytes) -> bytes:
 
 class Batch:
     """What the messages of one transaction (one group commit) share: the owned rows of
-    every node they read, as the database holds them (``stored``) and as the messages
-    left them (``rows``), and the SOA; :meth:`finish` writes the difference once, so a
+    every node they read, as the database held them before the batch (``stored``) and as
+    the messages left them (``rows``), and the SOA; :meth:`finish` writes the difference
+    once (writing it twice changes nothing more), so a
     batch costs two ``executemany`` rather than a statement per record and a SAVEPOINT
     per message."""
 
@@ -157,7 +158,6 @@ class Batch:
                 continue
             gone += [(key, r[0], r[1], r[2], OWNED) for r in was - now if r[0] != T.SOA]
             come += [(key, *r, OWNED) for r in now - was if r[0] != T.SOA]
-            self.stored[key] = frozenset(now)
         if gone:
             conn.executemany(
                 "DELETE FROM rr WHERE rkey = ? AND rdtype = ? AND covers = ? AND rdata = ?"

@@ -88,7 +88,6 @@ class PrimaryRole:
         self.commit_group = commit_group
         self._delayed: asyncio.TimerHandle | None = None
         self._last_arrival = float("-inf")
-        self._waiting = False
         self._late_from = 0.0
         self._late_joins = 0
         self._waits_paused_until = float("-inf")
@@ -239,7 +238,6 @@ class PrimaryRole:
         if not self._scheduled:
             self._scheduled = True
             if streaming and len(self._pending) < self.commit_group:
-                self._waiting = True
                 self.counters["delayed_groups"] += 1
                 self._late_from = now + min(self.commit_delay / 2, LATE_AFTER)
                 self._late_joins = 0
@@ -247,8 +245,7 @@ class PrimaryRole:
             else:
                 self._loop.call_soon(self._drain)
         elif self._delayed is not None and len(self._pending) >= self.commit_group:
-            self._waiting = False  # the wait paid off: the group is full
-            self._delayed.cancel()
+            self._delayed.cancel()  # the wait paid off: the group is full
             self._delayed = None
             self._loop.call_soon(self._drain)
         return job.future  # type: ignore[return-value]
@@ -257,12 +254,11 @@ class PrimaryRole:
         """Apply everything that arrived in this turn of the loop (or the commit delay)
         as one group."""
         self._scheduled = False
-        self._delayed = None
-        if self._waiting and not self._late_joins:
+        if self._delayed is not None and not self._late_joins:
             assert self._loop is not None  # nobody came late: the senders wait for our answers
             self._waits_paused_until = self._loop.time() + WAIT_PAUSE
             self.counters["delay_pauses"] += 1
-        self._waiting = False
+        self._delayed = None
         jobs, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
         if self._pending:
             self._scheduled = True
@@ -282,7 +278,8 @@ class PrimaryRole:
 
     async def stop(self) -> None:
         if self._delayed is not None:
-            self._delayed.cancel()
+            delayed, self._delayed = self._delayed, None
+            delayed.cancel()
             self._drain()
         if self._notify_timer is not None:
             self._notify_timer.cancel()

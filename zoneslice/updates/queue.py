@@ -169,12 +169,11 @@ class UpdateQueue:
                         batch=batch,
                     )
                 )
-            before = dict(batch.stored)
             batch.finish(conn)
             t1 = clock()
             changesets = [r.changeset for r in results if r.changeset is not None]
             if changesets and self.in_transaction is not None:
-                self.in_transaction(conn, changesets, before)
+                self.in_transaction(conn, changesets, batch.stored)
             t2 = clock()
         t3 = clock()
         c["process_us"] += int(1e6 * (t1 - t0))

@@ -713,8 +713,7 @@ class Projector:
             if before_rows and v0.mode != "nsec3":  # NSEC3 rows are not owned, even here
                 v0.state.seed(before_rows)
             before = self._members(before_views, keys, extra)
-            carried = next(iter(before_views.values())).state.carried(
-                conn, self.plan.origin, changesets, batch_changes)
+            carried = v0.state.carried(conn, self.plan.origin, changesets, batch_changes)
             for v in after_views.values():
                 v.state = carried
             after = self._members(after_views, keys, extra)
