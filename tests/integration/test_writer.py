@@ -8,15 +8,21 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dns.message
+import dns.name
 import dns.opcode
 import dns.query
 import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.TSIG
+import dns.tsig
 import dns.tsigkeyring
 import dns.update
 import pytest
@@ -178,4 +184,48 @@ def test_inline_role_with_nsupdate_over_tcp(db: Path) -> None:
             s.settimeout(5)
             s.sendto(n.to_wire(), ("127.0.0.1", port))
             assert dns.message.from_wire(s.recv(4096)).rcode() == dns.rcode.REFUSED
+    assert srv.exitcode == 0
+
+
+def signed_raw(update_records: bytes, count: int, ident: int) -> tuple[bytes, bytes]:
+    """An UPDATE for example. with ``count`` raw update-section records, TSIG-signed with k1
+    (valid MAC over whatever the records are), and its MAC."""
+    head = struct.pack("!HHHHHH", ident, dns.opcode.UPDATE << 11, 1, 0, count, 0)
+    body = head + b"\x07example\x00" + struct.pack("!HH", 6, 1) + update_records
+    key = RING[dns.name.from_text("k1.")]
+    tmpl = dns.rdtypes.ANY.TSIG.TSIG(dns.rdataclass.ANY, dns.rdatatype.TSIG, key.algorithm,
+                                     0, 300, b"", ident, 0, b"")
+    rd, _ctx = dns.tsig.sign(body, key, tmpl, int(time.time()), b"")
+    rdata = rd.to_wire()
+    wire = bytearray(body + key.name.to_wire()
+                     + struct.pack("!HHIH", dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata))
+                     + rdata)
+    struct.pack_into("!H", wire, 10, 1)
+    return bytes(wire), rd.mac
+
+
+def test_malformed_records_in_a_signed_update_are_formerr_from_the_writer(db: Path) -> None:
+    """Workers check the TSIG and step over the records; the writer's parse finds what is
+    wrong in them: a signed FORMERR, nothing applied, the next update applied."""
+    owner = b"\x03bad\x07example\x00"
+    broken = {
+        "A rdata of 3 bytes": owner + struct.pack("!HHIH", 1, 1, 300, 3) + b"\x0a\x35\x00",
+        "NS rdata pointing at itself": owner + struct.pack("!HHIH", 2, 1, 300, 2) + b"\xc0\x30",
+        "owner pointing past the end": b"\xc0\xff" + struct.pack("!HHIH", 1, 1, 300, 4) + b"\x0a\x35\x00\x01",
+        "label type 0x40 in NS rdata": owner + struct.pack("!HHIH", 2, 1, 300, 3) + b"\x41ab",
+    }
+    with Background(db, [("127.0.0.1", 0)], workers=2, role=primary_role_factory(db, RING)) as srv:
+        port = srv.info.listen[0][1]
+        for i, (what, record) in enumerate(broken.items()):
+            wire, mac = signed_raw(record, 1, 0x5300 + i)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(10)
+                s.sendto(wire, ("127.0.0.1", port))
+                reply = dns.message.from_wire(s.recv(65535), keyring=RING, request_mac=mac)
+            assert reply.id == 0x5300 + i, what
+            assert reply.rcode() == dns.rcode.FORMERR, what
+            assert reply.had_tsig, what
+        assert lookup(port, "bad") == []
+        assert send(port, update("bad", "10.53.0.7")) == dns.rcode.NOERROR
+        assert lookup(port, "bad") == ["10.53.0.7"]
     assert srv.exitcode == 0

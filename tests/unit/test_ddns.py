@@ -592,6 +592,38 @@ def test_no_stale_answer_after_ack(db: Path) -> None:
         r.close()
 
 
+def test_worker_behind_by_more_commits_than_answers_drops_its_cache(db: Path) -> None:
+    """A worker with fewer cached answers than journal entries to read drops the cache
+    instead of decoding them (the primary's workers under an update stream); its answers
+    still match a fresh Responder."""
+    handler = RoleHandler(db, UpdatePolicy.simple(ORIGIN, KEYRING))
+    worker = WatchedResponder(Responder(db))
+    questions = [("www.example.", "A"), ("nope.example.", "A")]
+
+    def ask(resp, name: str, rdtype: str) -> tuple:
+        qm = dns.message.make_query(name, rdtype).to_wire()
+        m = dns.message.from_wire(resp.respond(qm, tcp=False, client=("127.0.0.1", 1)))
+        return m.rcode(), sorted(map(str, m.answer)), sorted(map(str, m.authority))
+
+    for q in questions:
+        ask(worker, *q)
+    for i in range(len(questions) + 1):
+        u = new()
+        u.add(f"n{i}", 300, "A", f"192.0.2.{60 + i}")
+        u.use_tsig(KEYRING, "k1.")
+        handler(u.to_wire(), ("127.0.0.1", 1))
+    c = worker.counters
+    dropped, misses = c.get("commits_dropped_all", 0), c["cache_misses"]
+    fresh = Responder(db)
+    for q in [*questions, ("n0.example.", "A")]:
+        assert ask(worker, *q) == ask(fresh, *q), q
+    assert c["commits_dropped_all"] == dropped + 1
+    assert c["cache_misses"] == misses + 3
+    handler.close()
+    for r in (worker.inner, fresh):
+        r.close()
+
+
 def test_serial_step_keeps_negative_answers_cached(db: Path) -> None:
     """A commit elsewhere moves only the apex SOA: another worker's cached NXDOMAIN and SOA
     answers stay cached, now with the new serial; an apex change still drops them."""

@@ -102,12 +102,15 @@ class UpdateGate:
 
     :meth:`check` returns the parsed message and the per-record policy check to
     hand to :class:`~zoneslice.updates.queue.UpdateQueue`, or the answer to send
-    right away (FORMERR, NOTIMP, NOTAUTH with the TSIG error, REFUSED).
+    right away (FORMERR, NOTIMP, NOTAUTH with the TSIG error, REFUSED). With ``records``
+    false it steps over the prerequisite and update records (a query worker in front of
+    the writer, which parses them itself and answers FORMERR for a bad one).
     """
 
-    def __init__(self, keyring: Keyring | None, policy: UpdatePolicy) -> None:
+    def __init__(self, keyring: Keyring | None, policy: UpdatePolicy, *, records: bool = True) -> None:
         self.ring = keyring or {}
         self.policy = policy
+        self.records = records
 
     def check(
         self, wire: bytes, client: Any
@@ -117,7 +120,7 @@ class UpdateGate:
         if (wire[2] >> 3) & 0xF != dns.opcode.UPDATE:
             return header_error(wire, dns.rcode.NOTIMP)
         try:
-            upd = parse_update(wire, self.ring)
+            upd = parse_update(wire, self.ring, records=self.records)
         except Exception as exc:  # noqa: BLE001 - classified below; anything else is FORMERR
             for cls, err in _TSIG_ERRORS:
                 if isinstance(exc, cls):
@@ -221,8 +224,18 @@ class WatchedResponder:
             return
         self._seen = seen
         self.expired = read_expired(self._conn)
-        names, self._seq = journal.names_since(self._conn, self._seq)
         c = self.inner.counters
+        cache = getattr(self.inner, "cache", None)
+        if cache is not None:
+            newest = journal.last_seq(self._conn)
+            if newest - self._seq > len(cache):
+                # more entries to decode than answers to keep (a worker that answers few
+                # queries next to a stream of updates): dropping the cache costs less
+                self._seq = newest
+                c["commits_dropped_all"] = c.get("commits_dropped_all", 0) + 1
+                self.inner.invalidate(None)
+                return
+        names, self._seq = journal.names_since(self._conn, self._seq)
         if names is not None and self.origin not in names:
             # the apex moved only its SOA (names_since marks it with the relative empty
             # name): keep the negative answers, with the new serial written into them

@@ -186,7 +186,9 @@ class PrimaryRole:
                 key = self._key_names[payload[start : start + n]] = dns.name.from_wire(payload, start)[0]
             wire = payload[start + n :]
             upd = parse_update(wire, None)
-        except Exception:  # noqa: BLE001 - the worker parsed it already: cannot happen
+        except Exception:  # noqa: BLE001 - the worker only stepped over the records
+            rcodes = self.counters["rcodes"]
+            rcodes["FORMERR"] = rcodes.get("FORMERR", 0) + 1
             out.set_result(bytes((dns.rcode.FORMERR,)))
             return out
         job = self._submit(upd, wire, self._allowed(key))
@@ -356,7 +358,7 @@ class PrimaryWorkerSide:
     """
 
     def __init__(self, keyring: Keyring | None, policy: UpdatePolicy) -> None:
-        self.gate = UpdateGate(keyring, policy)
+        self.gate = UpdateGate(keyring, policy, records=False)
 
     def prepare(
         self, wire: bytes, client: Any

@@ -137,6 +137,19 @@ def read_name(wire: bytes, pos: int) -> tuple[tuple[bytes, ...], int]:
             return tuple(labels), (end if end >= 0 else pos)
 
 
+def skip_name(wire: bytes, pos: int) -> int:
+    """The end of the name at ``pos``, its labels and pointer target left unread."""
+    while True:
+        ln = wire[pos]
+        if ln >= 0xC0:
+            return pos + 2
+        if ln > 63:
+            raise dns.exception.FormError("bad label type")
+        pos += ln + 1
+        if ln == 0:
+            return pos
+
+
 def _rdata(wire: bytes, pos: int, rdtype: int, rdlen: int) -> bytes:
     if rdlen == 0:
         return b""
@@ -154,11 +167,15 @@ def _rdata(wire: bytes, pos: int, rdtype: int, rdlen: int) -> bytes:
     return rd.to_wire()
 
 
-def parse_update(wire: bytes, keyring: Keyring | None, *, now: float | None = None) -> Update:
+def parse_update(
+    wire: bytes, keyring: Keyring | None, *, now: float | None = None, records: bool = True
+) -> Update:
     """Parse (and, with a keyring, TSIG-check) one UPDATE.
 
     Without a keyring a TSIG record is dropped unchecked (the message was gated
-    already). Raises dnspython's exceptions, so callers map them to rcodes as
+    already). With ``records`` false the prerequisite and update sections are only
+    stepped over (the lists stay empty): what a query worker needs to check TSIG and
+    answer, leaving the records to the writer's own parse. Raises dnspython's exceptions, so callers map them to rcodes as
     for a dnspython parse: FormError, UnknownTSIGKey, BadSignature, BadTime...
     """
     if len(wire) < 12:
@@ -188,14 +205,18 @@ def parse_update(wire: bytes, keyring: Keyring | None, *, now: float | None = No
         sections: list[list[Rec]] = [[], []]
         for sec, count in ((0, prcount), (1, upcount)):
             for _ in range(count):
-                nm, pos = name_at(pos)
+                if records:
+                    nm, pos = name_at(pos)
+                else:
+                    pos = skip_name(wire, pos)
                 rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, pos)
                 pos += 10
                 if pos + rdlen > n:
                     raise dns.exception.FormError("truncated record")
                 if rdtype in (T_TSIG, T_OPT):
                     raise dns.exception.FormError(f"type {rdtype} outside the additional section")
-                sections[sec].append(Rec(nm, rdtype, rdclass, ttl, _rdata(wire, pos, rdtype, rdlen)))
+                if records:
+                    sections[sec].append(Rec(nm, rdtype, rdclass, ttl, _rdata(wire, pos, rdtype, rdlen)))
                 pos += rdlen
         key = mac = None
         for i in range(adcount):
