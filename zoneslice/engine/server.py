@@ -1128,6 +1128,9 @@ def _fork_writer(inherited: Sequence[int], **kw: Any) -> tuple[int, int]:
 PROFILE_ENV = "ZONESLICE_PROFILE"
 """A directory: every child (writer, workers) runs under cProfile and leaves ``<pid>.prof``
 there when it stops (for finding where an update's time goes; off unless set)."""
+PROFILE_CPU_ENV = "ZONESLICE_PROFILE_CPU"
+"""Set (to anything): the profiles count CPU time, not wall time, so a process that shares
+its CPU is not charged for the time others ran."""
 
 
 def _profiled(body: Callable[[Callable[[], None]], None], ready: Callable[[], None]) -> None:
@@ -1137,7 +1140,7 @@ def _profiled(body: Callable[[Callable[[], None]], None], ready: Callable[[], No
         return
     import cProfile
 
-    prof = cProfile.Profile()
+    prof = cProfile.Profile(time.process_time) if os.environ.get(PROFILE_CPU_ENV) else cProfile.Profile()
     prof.enable()
     try:
         body(ready)
