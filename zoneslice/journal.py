@@ -185,15 +185,22 @@ def changes_since(conn: sqlite3.Connection, serial: int) -> list[Changeset] | No
     return chain
 
 
-def names_since(conn: sqlite3.Connection, seq: int) -> tuple[set[dns.name.Name] | None, int]:
+def names_since(
+    conn: sqlite3.Connection, seq: int, at_most: int | None = None
+) -> tuple[set[dns.name.Name] | None, int]:
     """Owners changed by the entries after ``seq`` and the newest sequence number.
 
     The apex appears as the relative empty name (its SOA changed in every entry);
     ``Responder.invalidate`` derelativizes it to the origin.
 
-    The names are None when some entries after ``seq`` are gone (trimmed):
-    the caller must then assume everything changed.
+    The names are None when some entries after ``seq`` are gone (trimmed), or when
+    more than ``at_most`` are pending (decoding them would cost the caller more than
+    starting afresh): the caller must then assume everything changed.
     """
+    if at_most is not None:
+        newest = last_seq(conn)
+        if newest - seq > at_most:
+            return None, newest
     names: set[dns.name.Name] = set()
     newest = seq
     try:

@@ -225,17 +225,12 @@ class WatchedResponder:
         self._seen = seen
         self.expired = read_expired(self._conn)
         c = self.inner.counters
+        # more entries to decode than answers to keep (a primary's workers next to a
+        # stream of updates): dropping the whole cache costs less
         cache = getattr(self.inner, "cache", None)
-        if cache is not None:
-            newest = journal.last_seq(self._conn)
-            if newest - self._seq > len(cache):
-                # more entries to decode than answers to keep (a worker that answers few
-                # queries next to a stream of updates): dropping the cache costs less
-                self._seq = newest
-                c["commits_dropped_all"] = c.get("commits_dropped_all", 0) + 1
-                self.inner.invalidate(None)
-                return
-        names, self._seq = journal.names_since(self._conn, self._seq)
+        names, self._seq = journal.names_since(
+            self._conn, self._seq, None if cache is None else len(cache)
+        )
         if names is not None and self.origin not in names:
             # the apex moved only its SOA (names_since marks it with the relative empty
             # name): keep the negative answers, with the new serial written into them

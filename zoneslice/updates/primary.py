@@ -156,10 +156,7 @@ class PrimaryRole:
             log.exception("update failed")
             c["servfail"] += 1
             return response(upd, wire, dns.rcode.SERVFAIL)
-        name = dns.rcode.to_text(result.rcode)
-        c["rcodes"][name] = c["rcodes"].get(name, 0) + 1
-        if result.rcode == dns.rcode.NOERROR:
-            c["acked"] += 1
+        self._count(result.rcode)
         return response(upd, wire, result.rcode)
 
     async def _handle_gated(self, payload: bytes) -> bytes:
@@ -187,8 +184,7 @@ class PrimaryRole:
             wire = payload[start + n :]
             upd = parse_update(wire, None)
         except Exception:  # noqa: BLE001 - the worker only stepped over the records
-            rcodes = self.counters["rcodes"]
-            rcodes["FORMERR"] = rcodes.get("FORMERR", 0) + 1
+            self._count(dns.rcode.FORMERR)
             out.set_result(bytes((dns.rcode.FORMERR,)))
             return out
         job = self._submit(upd, wire, self._allowed(key))
@@ -204,12 +200,17 @@ class PrimaryRole:
             rcode = dns.rcode.SERVFAIL
         else:
             rcode = job.result().rcode
-            name = dns.rcode.to_text(rcode)
-            c["rcodes"][name] = c["rcodes"].get(name, 0) + 1
-            if rcode == dns.rcode.NOERROR:
-                c["acked"] += 1
+            self._count(rcode)
         if not out.done():
             out.set_result(bytes((rcode,)))
+
+    def _count(self, rcode: int) -> None:
+        """Tally an answered update by its rcode (NOERROR: acknowledged)."""
+        c = self.counters
+        name = dns.rcode.to_text(rcode)
+        c["rcodes"][name] = c["rcodes"].get(name, 0) + 1
+        if rcode == dns.rcode.NOERROR:
+            c["acked"] += 1
 
     def _allowed(self, key: dns.name.Name | None) -> Any:
         """The policy check for ``key``'s records; None when the key may change the whole
